@@ -1,0 +1,184 @@
+"""The `deepret` command: parses arguments and calls the library. Errors: one line, exit status 2."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from deepret.errors import DeepretError
+from deepret.models import DEFAULT_MODEL
+
+
+def _parse_scales(text: str) -> tuple[float, ...]:
+    try:
+        scales = tuple(float(s) for s in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--scales {text!r}: give numbers separated by commas, e.g. 1,0.707,1.414")
+    if not scales or any(s <= 0 for s in scales):
+        raise argparse.ArgumentTypeError(f"--scales {text!r}: every scale must be > 0")
+    return scales
+
+
+def _add_model_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=DEFAULT_MODEL, help="a name from `deepret models` or a checkpoint path")
+    p.add_argument("--weights", default="imagenet",
+                   help="imagenet (default), random, or a state_dict file (for model names)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+
+
+def _add_benchmark_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", required=True, help="oxford5k, paris6k, roxford5k, rparis6k or any revisitop-format name")
+    p.add_argument("--root", required=True, type=Path, help="folder holding <dataset>/gnd_<dataset>.pkl and jpg/")
+    p.add_argument("--size", type=int, default=1024, help="longest image side in pixels (default 1024)")
+    p.add_argument("--scales", type=_parse_scales, default=(1.0,), help="e.g. 1,0.707,1.414 (default 1)")
+    p.add_argument("--flip", action="store_true", help="average with the horizontally flipped image")
+    p.add_argument("--no-crop", action="store_true", help="do not crop queries to their bounding box")
+    p.add_argument("--workers", type=int, default=None, help="image decoding processes")
+    p.add_argument("--cache-dir", type=Path, default=None, help="feature cache (default $DEEPRET_CACHE or ~/.cache/deepret)")
+    p.add_argument("--no-cache", action="store_true", help="extract again even if cached features exist")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="deepret", description="Instance-level image retrieval with CNN global descriptors.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("models", help="list the registered model names")
+
+    p = sub.add_parser("extract", help="extract and save a benchmark's descriptors")
+    _add_model_options(p)
+    _add_benchmark_options(p)
+    p.add_argument("--out", type=Path, default=None, help="also copy the features to this .npz file")
+
+    p = sub.add_parser("eval", help="evaluate a model on a benchmark (mAP, mP@k, per-query AP)")
+    _add_model_options(p)
+    _add_benchmark_options(p)
+    p.add_argument("--json", type=Path, default=None, help="write mAP per protocol, mP@k and per-query AP here")
+    p.add_argument("--figure", type=Path, default=None, help="write the top-k figure of --query here (PNG)")
+    p.add_argument("--query", type=int, default=0, help="query index for --figure (default 0)")
+    p.add_argument("--topk", type=int, default=10, help="results in --figure (default 10)")
+
+    p = sub.add_parser("search", help="draw a query and its top-K results")
+    _add_model_options(p)
+    _add_benchmark_options(p)
+    p.add_argument("--query", type=int, required=True, help="query index")
+    p.add_argument("--topk", type=int, default=10)
+    p.add_argument("--out", type=Path, required=True, help="PNG file to write")
+
+    p = sub.add_parser("download", help="download a benchmark's images and ground truth")
+    p.add_argument("name", help="oxford5k, paris6k, roxford5k or rparis6k")
+    p.add_argument("--root", required=True, type=Path)
+    p.add_argument("--base-url", default=None, help="fetch every file from <base-url>/<file name> instead")
+
+    p = sub.add_parser("convert-gt", help="official *_good/_ok/_junk/_query.txt files to gnd_<name>.pkl")
+    p.add_argument("gt_dir", type=Path)
+    p.add_argument("--imlist", required=True, type=Path, help="image list: a text file (one name a line) or a jpg/ folder")
+    p.add_argument("--out", required=True, type=Path)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except DeepretError as exc:
+        print(f"deepret: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("deepret: interrupted; finished files are kept, run the command again to go on", file=sys.stderr)
+        return 130
+
+
+def _cmd_models(args) -> int:
+    from deepret.models import list_models
+
+    rows = list_models()
+    width = max(len(r["name"]) for r in rows)
+    print(f"{'name':<{width}}  weights")
+    for r in rows:
+        print(f"{r['name']:<{width}}  {r['weights']}")
+    print("\nAny convolutional timm model works too, as <timm name>-gem (e.g. convnext_tiny-gem).")
+    return 0
+
+
+def _benchmark_run(args):
+    from deepret.datasets import load_benchmark
+    from deepret.extract import ExtractSettings
+    from deepret.models import get_model
+    from deepret.pipeline import RunOptions, benchmark_features
+
+    bench = load_benchmark(args.dataset, args.root)
+    if getattr(args, "query", None) is not None:
+        bench.check_query(args.query)
+    net = get_model(args.model, weights=args.weights)
+    opts = RunOptions(ExtractSettings(size=args.size, scales=args.scales, flip=args.flip),
+                      crop_queries=not args.no_crop, cache_dir=args.cache_dir, use_cache=not args.no_cache,
+                      device=args.device, workers=args.workers, progress=not args.quiet)
+    features, path, cached = benchmark_features(net, bench, opts)
+    print(f"features: {path}{' (cached)' if cached else ''}", file=sys.stderr)
+    return bench, features
+
+
+def _cmd_extract(args) -> int:
+    bench, features = _benchmark_run(args)
+    if args.out:
+        features.save(args.out)
+        print(f"wrote {args.out}")
+    print(f"{bench.name}: {features.db.shape[0]} database and {features.queries.shape[0]} query descriptors "
+          f"of dimension {features.db.shape[1]}")
+    return 0
+
+
+def _cmd_eval(args) -> int:
+    from deepret.evaluate import format_table, results_to_json
+    from deepret.features import atomic_write_bytes
+    from deepret.pipeline import draw_topk, evaluate_features
+
+    bench, features = _benchmark_run(args)
+    results = evaluate_features(features, bench)
+    print(f"{bench.name} — {features.meta['model']['name']} ({features.db.shape[1]}-d, {features.meta['model']['provenance']})")
+    print(format_table(results))
+    if args.json:
+        report = {"dataset": bench.name, "model": features.meta["model"], "settings": features.meta["settings"],
+                  **results_to_json(results, qimlist=bench.qimlist)}
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(args.json, json.dumps(report, indent=2).encode())
+        print(f"wrote {args.json}")
+    if args.figure:
+        draw_topk(features, bench, args.query, args.topk, args.figure, results, crop_drawn=not args.no_crop)
+        print(f"wrote {args.figure}")
+    return 0
+
+
+def _cmd_search(args) -> int:
+    from deepret.pipeline import draw_topk
+
+    bench, features = _benchmark_run(args)
+    draw_topk(features, bench, args.query, args.topk, args.out, crop_drawn=not args.no_crop)
+    print(f"wrote {args.out}")
+    return 0
+
+
+def _cmd_download(args) -> int:
+    from deepret.datasets import download
+
+    download(args.name, args.root, base_url=args.base_url)
+    print(f"{args.name} is ready in {args.root / args.name}")
+    return 0
+
+
+def _cmd_convert_gt(args) -> int:
+    from deepret.datasets import convert_gt, write_gnd
+
+    write_gnd(convert_gt(args.gt_dir, args.imlist), args.out)
+    print(f"wrote {args.out}")
+    return 0
+
+
+COMMANDS = {"models": _cmd_models, "extract": _cmd_extract, "eval": _cmd_eval, "search": _cmd_search,
+            "download": _cmd_download, "convert-gt": _cmd_convert_gt}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,5 @@
+"""The one exception type that the CLI turns into a one-line error and exit status 2."""
+
+
+class DeepretError(Exception):
+    """A user-facing error: the message names the file or value at fault and what to do."""

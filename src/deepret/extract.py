@@ -1,0 +1,133 @@
+"""Batched, multi-scale descriptor extraction.
+
+Images whose resized shapes are equal are stacked into one batch (the shorter side is rounded to
+`round_to` pixels so that images of similar aspect ratio share a shape); a DataLoader decodes
+them in worker processes while the network runs. Multi-scale descriptors are combined by the GeM
+power mean and L2-normalised; flip averaging adds the mirrored image.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from deepret.errors import DeepretError
+from deepret.imageio import BBox, image_size, open_rgb, target_shape, to_tensor
+from deepret.models import RetrievalNet, l2n
+
+
+@dataclass(frozen=True)
+class ExtractSettings:
+    """How images become descriptors; part of the feature cache key."""
+
+    size: int = 1024
+    scales: tuple[float, ...] = (1.0,)
+    flip: bool = False
+    round_to: int = 32
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def default_workers() -> int:
+    import os
+
+    return min(4, len(os.sched_getaffinity(0)))
+
+
+class _Images(Dataset):
+    """Decodes item i at shape (H, W): keys are (i, H, W) tuples given by the batch sampler."""
+
+    def __init__(self, paths: Sequence[Path], bbxs: Sequence[BBox | None], mean, std) -> None:
+        self.paths, self.bbxs, self.mean, self.std = paths, bbxs, mean, std
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, key: tuple[int, int, int]):
+        i, h, w = key
+        try:
+            im = open_rgb(self.paths[i], self.bbxs[i], draft_to=(w, h))
+        except DeepretError as exc:  # travels to the main process as a value, raised there in one line
+            return i, str(exc)
+        return i, to_tensor(im, (h, w), self.mean, self.std)
+
+
+def _collate(items):
+    for _, x in items:
+        if isinstance(x, str):
+            raise DeepretError(x)
+    return [i for i, _ in items], torch.stack([x for _, x in items])
+
+
+def plan_batches(sizes: Sequence[tuple[int, int]], longest: int | None, round_to: int,
+                 max_pixels: int, fixed: int | None = None) -> list[list[tuple[int, int, int]]]:
+    """Group items by resized shape; each batch holds at most `max_pixels` pixels (at least one image)."""
+    groups: dict[tuple[int, int], list[int]] = defaultdict(list)
+    for i, (w, h) in enumerate(sizes):
+        shape = (fixed, fixed) if fixed else target_shape(w, h, longest, round_to)
+        groups[shape].append(i)
+    batches = []
+    for (h, w), items in sorted(groups.items(), key=lambda kv: -len(kv[1])):
+        per_batch = max(1, max_pixels // (h * w))
+        for start in range(0, len(items), per_batch):
+            batches.append([(i, h, w) for i in items[start:start + per_batch]])
+    return batches
+
+
+@torch.inference_mode()
+def extract(net: RetrievalNet, paths: Sequence[str | Path], bbxs: Sequence[BBox | None] | None = None,
+            settings: ExtractSettings = ExtractSettings(), device: torch.device | str | None = None,
+            workers: int | None = None, max_batch_pixels: int = 4 * 1024 * 1024,
+            desc: str = "extract", progress: bool = True) -> np.ndarray:
+    """Descriptors (N, D) float32 of the images in `paths`, cropped to `bbxs` where given."""
+    device = torch.device(device) if device is not None else default_device()
+    workers = default_workers() if workers is None else workers
+    paths = [Path(p) for p in paths]
+    bbxs = list(bbxs) if bbxs is not None else [None] * len(paths)
+    net = net.to(device).eval()
+    sizes = [image_size(p, b) for p, b in zip(paths, bbxs)]
+    mean, std = net.meta["input"]["mean"], net.meta["input"]["std"]
+    msp = _multiscale_power(net) if len(settings.scales) > 1 else 1.0
+    acc = torch.zeros(len(paths), net.dim, dtype=torch.float64)
+    dataset = _Images(paths, bbxs, mean, std)
+    total = len(paths) * len(settings.scales)
+    with tqdm(total=total, desc=desc, unit="img", disable=not progress, leave=False) as bar:
+        for scale in settings.scales:
+            batches = plan_batches(sizes, int(round(settings.size * scale)), settings.round_to,
+                                   max_batch_pixels, fixed=net.input_size)
+            for idx, x in _loader(dataset, batches, workers, device.type == "cuda"):
+                v = _forward(net, x.to(device, non_blocking=True), settings.flip)
+                acc[idx] += v.double().cpu().pow(msp) if msp != 1.0 else v.double().cpu()
+                bar.update(len(idx))
+    acc /= len(settings.scales)
+    if msp != 1.0:
+        acc = acc.pow(1.0 / msp)
+    return l2n(acc).float().numpy()
+
+
+def _loader(dataset: Dataset, batches: list, workers: int, pin: bool) -> Iterator:
+    return iter(DataLoader(dataset, batch_sampler=batches, num_workers=workers, collate_fn=_collate,
+                           pin_memory=pin, prefetch_factor=4 if workers else None))
+
+
+def _forward(net: RetrievalNet, x: torch.Tensor, flip: bool) -> torch.Tensor:
+    v = net(x)
+    return l2n(v + net(x.flip(-1))) if flip else v
+
+
+def _multiscale_power(net: RetrievalNet) -> float:
+    """GeM power mean over scales with the network's p (cirtorch); 1 (plain mean) when descriptors
+    may be negative (whitening) or the head is not GeM."""
+    p = net.gem_p()
+    return p if p is not None and net.whiten is None else 1.0

@@ -1,0 +1,159 @@
+"""The retrieval network: backbone trunk + head (pooling or fc7) + optional whitening + L2 norm.
+
+Every network carries a `meta` dict that rebuilds it: `save` writes it beside the state_dict and
+`load` turns a checkpoint back into the same network, with no download.
+"""
+from __future__ import annotations
+
+import copy
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+import deepret
+from deepret.errors import DeepretError
+from deepret.models.backbones import FC7_INPUT_SIZE, build_backbone
+from deepret.models.pooling import POOLINGS, GeM, l2n
+
+HEADS = ("fc7", "mac", "spoc", "gem")
+
+
+class RetrievalNet(nn.Module):
+    """Maps a normalised image batch (B, 3, H, W) to L2-normalised descriptors (B, D)."""
+
+    def __init__(self, trunk: nn.Module, pool: nn.Module | None, meta: dict[str, Any]) -> None:
+        super().__init__()
+        self.trunk = trunk
+        self.pool = pool
+        self.whiten: nn.Linear | None = None
+        self.meta = meta
+        if meta.get("whitening"):
+            w = meta["whitening"]
+            self.whiten = nn.Linear(w["dim_in"], w["dim_out"], bias=True)
+
+    @property
+    def dim(self) -> int:
+        """Descriptor dimensionality."""
+        return self.meta["whitening"]["dim_out"] if self.meta.get("whitening") else self.meta["dim"]
+
+    @property
+    def input_size(self) -> int | None:
+        """Fixed square input side (fc7 heads), or None for any size."""
+        return self.meta["input"]["size"]
+
+    def pooled(self, x: torch.Tensor) -> torch.Tensor:
+        """L2-normalised descriptors before whitening."""
+        features = self.trunk(x)
+        return l2n(self.pool(features) if self.pool is not None else features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        v = self.pooled(x)
+        return l2n(self.whiten(v)) if self.whiten is not None else v
+
+    def set_whitening(self, matrix: torch.Tensor, bias: torch.Tensor, method: str) -> None:
+        """Install a learned projection v -> matrix @ v + bias after pooling (kept in meta)."""
+        dim_out, dim_in = matrix.shape
+        self.meta["whitening"] = {"dim_in": dim_in, "dim_out": dim_out, "method": method}
+        self.whiten = nn.Linear(dim_in, dim_out, bias=True).to(matrix.device)
+        with torch.no_grad():
+            self.whiten.weight.copy_(matrix)
+            self.whiten.bias.copy_(bias)
+
+    def gem_p(self) -> float | None:
+        """The GeM exponent as one number (mean if per channel), None for other heads."""
+        return float(self.pool.p.detach().mean()) if isinstance(self.pool, GeM) else None
+
+
+def parse_name(name: str) -> tuple[str, str]:
+    """'resnet50-gem' -> ('resnet50', 'gem')."""
+    backbone, sep, head = name.rpartition("-")
+    if not sep or head not in HEADS:
+        raise DeepretError(f"model name {name!r} is not <backbone>-<head> with head one of "
+                           f"{', '.join(HEADS)}: run `deepret models` for the names")
+    return backbone, head
+
+
+def create_model(name: str, weights: str = "imagenet", p: float = 3.0, learn_p: bool = False,
+                 per_channel_p: bool = False) -> RetrievalNet:
+    """Build a registered network by name, e.g. create_model('resnet50-gem', weights='imagenet')."""
+    backbone_name, head = parse_name(name)
+    backbone = build_backbone(backbone_name, weights)
+    trunk = backbone.fc7_trunk() if head == "fc7" else backbone.conv_trunk()
+    dim = _output_dim(trunk, needs_map=head != "fc7")
+    if head == "fc7":
+        pool, size = None, FC7_INPUT_SIZE
+    else:
+        pool = GeM(p, learn_p=learn_p, per_channel=per_channel_p, channels=dim) if head == "gem" \
+            else POOLINGS[head]()
+        size = None
+    meta = {
+        "name": name, "backbone": backbone_name, "head": head,
+        "gem": {"p": p, "learn_p": learn_p, "per_channel": per_channel_p} if head == "gem" else None,
+        "dim": int(dim), "whitening": None,
+        "input": {"size": size, "mean": list(backbone.mean), "std": list(backbone.std)},
+        "weights": str(weights), "provenance": backbone.provenance,
+        "deepret_version": deepret.__version__,
+    }
+    net = RetrievalNet(trunk, pool, meta)
+    return net.eval()
+
+
+def _output_dim(trunk: nn.Module, needs_map: bool) -> int:
+    """Channels (or features) the trunk gives on a 224x224 input."""
+    trunk.eval()
+    with torch.no_grad():
+        out = trunk(torch.zeros(1, 3, 224, 224))
+    if needs_map and out.dim() != 4:
+        raise DeepretError(f"the backbone gives {out.dim()}-d features, not a (B, C, H, W) map: "
+                           "pooling heads need a convolutional backbone")
+    return int(out.shape[1])
+
+
+def save(net: RetrievalNet, path: str | Path, **extra: Any) -> Path:
+    """Write {'meta', 'state_dict', **extra} atomically (temp file + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save({"meta": copy.deepcopy(net.meta), "state_dict": net.state_dict(), **extra}, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def load(path: str | Path, map_location: str | torch.device = "cpu") -> RetrievalNet:
+    """Rebuild a network saved by `save` (architecture from its meta, then its weights)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DeepretError(f"checkpoint {path} not found: give a model name (`deepret models`) or a saved checkpoint")
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=False)
+        meta = checkpoint["meta"]
+        state = checkpoint["state_dict"]
+    except Exception as exc:
+        raise DeepretError(f"cannot read checkpoint {path} ({exc.__class__.__name__}): "
+                           "it is not a deepret checkpoint or it is corrupt") from None
+    gem_cfg = meta.get("gem") or {}
+    net = create_model(meta["name"], weights="random", p=gem_cfg.get("p", 3.0),
+                       learn_p=gem_cfg.get("learn_p", False), per_channel_p=gem_cfg.get("per_channel", False))
+    net.meta = copy.deepcopy(meta)
+    if meta.get("whitening"):
+        w = meta["whitening"]
+        net.whiten = nn.Linear(w["dim_in"], w["dim_out"], bias=True)
+    net.load_state_dict(state)
+    net.meta["checkpoint"] = str(path)
+    return net.eval()
+
+
+def get_model(spec: str, weights: str = "imagenet") -> RetrievalNet:
+    """`--model` semantics: a checkpoint path if such a file exists, else a registered name."""
+    if Path(spec).is_file() or spec.endswith((".pt", ".pth")):
+        return load(spec)
+    return create_model(spec, weights=weights)
