@@ -12,14 +12,11 @@ from deepret.datasets import BUILTIN_DATASETS, Benchmark, convert_gt, load_bench
 from deepret.datasets.sources import KNOWN_SHA256
 from deepret.errors import DeepretError
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-
+from conftest import require_data
 
 @pytest.fixture
 def data() -> Path:
-    if not DATA.is_dir():
-        pytest.skip(f"../shared/data not found: {DATA} holds the real benchmark files")
-    return DATA
+    return require_data()
 
 
 def _official(data: Path, name: str) -> dict:

@@ -21,14 +21,13 @@ from deepret.evaluate import (
     results_to_json,
 )
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+from conftest import require_data
+
 DATASETS = ["oxford5k", "paris6k", "roxford5k", "rparis6k", "oxford5k-mini"]
 
 
 def load_gnd(name: str) -> dict:
-    path = DATA / name / f"gnd_{name}.pkl"
-    if not path.exists():
-        pytest.skip(f"real data not found: {path}")
+    path = require_data(name, f"gnd_{name}.pkl")
     with open(path, "rb") as f:
         return pickle.load(f)
 

@@ -12,7 +12,8 @@ from deepret.evaluate import label_results
 from deepret.viz import topk_figure
 from deepret.viz.topk import BBX_COLOUR, BORDER_COLOURS
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+from conftest import require_data
+
 BLUE = (0, 0, 255)
 
 
@@ -85,9 +86,7 @@ def test_bad_labels(tmp_path):
 
 
 def test_real_figure_oxford5k_mini(tmp_path):
-    root = DATA / "oxford5k-mini"
-    if not (root / "gnd_oxford5k-mini.pkl").exists():
-        pytest.skip(f"real data not found: {root}")
+    root = require_data("oxford5k-mini")
     with open(root / "gnd_oxford5k-mini.pkl", "rb") as f:
         data = pickle.load(f)
     q = data["qimlist"].index("all_souls_000013")

@@ -64,10 +64,9 @@ class _Images(Dataset):
 
 
 def _collate(items):
-    for _, x in items:
-        if isinstance(x, str):
-            raise DeepretError(x)
-    return [i for i, _ in items], torch.stack([x for _, x in items])
+    """Stack a batch; a decoding error travels on as its message, raised in the main process."""
+    errors = [x for _, x in items if isinstance(x, str)]
+    return [i for i, _ in items], errors[0] if errors else torch.stack([x for _, x in items])
 
 
 def plan_batches(sizes: Sequence[tuple[int, int]], longest: int | None, round_to: int,
@@ -107,6 +106,8 @@ def extract(net: RetrievalNet, paths: Sequence[str | Path], bbxs: Sequence[BBox 
             batches = plan_batches(sizes, int(round(settings.size * scale)), settings.round_to,
                                    max_batch_pixels, fixed=net.input_size)
             for idx, x in _loader(dataset, batches, workers, device.type == "cuda"):
+                if isinstance(x, str):
+                    raise DeepretError(x)
                 v = _forward(net, x.to(device, non_blocking=True), settings.flip)
                 acc[idx] += v.double().cpu().pow(msp) if msp != 1.0 else v.double().cpu()
                 bar.update(len(idx))

@@ -6,7 +6,9 @@ from dataclasses import dataclass
 
 OXFORD_IMAGES_URL = "https://www.robots.ox.ac.uk/~vgg/data/oxbuildings/"
 PARIS_IMAGES_URL = "https://www.robots.ox.ac.uk/~vgg/data/parisbuildings/"
-GND_URL = "http://cmp.felk.cvut.cz/revisitop/data/datasets/{name}/"
+# The revisited ground truth is served by revisitop, the original protocol's pickles by cirtorch.
+REVISITED_GND_URL = "http://cmp.felk.cvut.cz/revisitop/data/datasets/{name}/"
+ORIGINAL_GND_URL = "http://cmp.felk.cvut.cz/cnnimageretrieval/data/test/{name}/"
 
 
 @dataclass(frozen=True)
@@ -25,7 +27,8 @@ class DatasetSource:
 
     @property
     def gnd_url(self) -> str:
-        return GND_URL.format(name=self.name)
+        url = REVISITED_GND_URL if self.name.startswith("r") else ORIGINAL_GND_URL
+        return url.format(name=self.name)
 
     def describe(self) -> str:
         """One line saying what `deepret download NAME` fetches."""

@@ -1,0 +1,121 @@
+import json
+import pickle
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import deepret.pipeline
+from deepret.cli import main
+from deepret.features import Features
+
+from conftest import require_data
+
+FAST = ["--size", "256", "--quiet"]
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture
+def mini_copy(tmp_path):
+    """A writable oxford5k-mini: its gnd file copied, its photos linked."""
+    src = require_data("oxford5k-mini")
+    dst = tmp_path / "root" / "oxford5k-mini"
+    (dst / "jpg").mkdir(parents=True)
+    shutil.copy(src / "gnd_oxford5k-mini.pkl", dst)
+    for photo in (src / "jpg").iterdir():
+        (dst / "jpg" / photo.name).symlink_to(photo)
+    return dst
+
+
+def test_eval_prints_table_writes_json_and_figure_then_reuses_features(capsys, data_root, tmp_path, monkeypatch):
+    report, figure = tmp_path / "out" / "eval.json", tmp_path / "out" / "topk.png"
+    code, out, err = run(capsys, "eval", "--dataset", "oxford5k-mini", "--root", str(data_root), *FAST,
+                         "--json", str(report), "--figure", str(figure), "--query", "3", "--topk", "5")
+    assert code == 0, err
+    assert "old" in out and "mAP" in out and "(cached)" not in err
+    result = json.loads(report.read_text())
+    old = result["protocols"]["old"]
+    assert 0 < old["mAP"] <= 100 and len(old["AP"]) == 53 and set(old["mP@k"]) == {"1", "5", "10"}
+    assert abs(np.nanmean([a for a in old["AP"] if a is not None]) - old["mAP"]) < 1e-6
+    assert result["model"]["name"] == "efficientnet_lite0-gem"
+    with Image.open(figure) as im:
+        assert im.width > 500 and im.height > 150
+
+    def no_extraction(*args, **kwargs):
+        raise AssertionError("extracted again although features are cached")
+
+    monkeypatch.setattr(deepret.pipeline, "extract", no_extraction)
+    code, out2, err2 = run(capsys, "eval", "--dataset", "oxford5k-mini", "--root", str(data_root), *FAST)
+    assert code == 0 and "(cached)" in err2
+    assert out2.splitlines()[-1] == out.splitlines()[out.splitlines().index(out2.splitlines()[-1])]
+
+
+def test_extract_out_and_search_figure(capsys, data_root, tmp_path):
+    npz, grid = tmp_path / "f.npz", tmp_path / "grid.png"
+    code, _, err = run(capsys, "extract", "--dataset", "oxford5k-mini", "--root", str(data_root), *FAST, "--out", str(npz))
+    assert code == 0, err
+    features = Features.load(npz)
+    assert features.db.shape == (54, 1280) and features.queries.shape == (53, 1280)
+    assert features.meta["settings"]["size"] == 256 and features.meta["settings"]["crop_queries"] is True
+    code, _, err = run(capsys, "search", "--dataset", "oxford5k-mini", "--root", str(data_root), *FAST,
+                       "--query", "0", "--topk", "3", "--out", str(grid))
+    assert code == 0 and grid.is_file(), err
+
+
+def test_models_lists_names_and_the_module_entry_point_works():
+    out = subprocess.run([sys.executable, "-m", "deepret", "models"], capture_output=True, text=True, check=True).stdout
+    for name in ("efficientnet_lite0-gem", "alexnet-fc7", "resnet50-gem"):
+        assert name in out
+
+
+def _one_line_error(capsys, *argv) -> str:
+    code, out, err = run(capsys, *argv)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("deepret: error:"), err
+    return lines[0]
+
+
+def test_bad_input_gives_one_line_errors(capsys, data_root, tmp_path, mini_copy):
+    root = str(mini_copy.parent)
+    assert "unknown backbone 'nope'" in _one_line_error(capsys, "eval", "--dataset", "oxford5k-mini", "--root", root,
+                                                         "--model", "nope-gem")
+    assert "0..52" in _one_line_error(capsys, "search", "--dataset", "oxford5k-mini", "--root", root,
+                                       "--query", "53", "--out", str(tmp_path / "g.png"))
+    assert not (tmp_path / "g.png").exists()
+    assert "no-such.pt" in _one_line_error(capsys, "eval", "--dataset", "oxford5k-mini", "--root", root,
+                                           "--model", str(tmp_path / "no-such.pt"))
+    (mini_copy / "gnd_oxford5k-mini.pkl").write_bytes(b"garbage")
+    assert "gnd_oxford5k-mini.pkl" in _one_line_error(capsys, "eval", "--dataset", "oxford5k-mini", "--root", root)
+
+
+def test_root_without_images(capsys, tmp_path, mini_copy):
+    shutil.rmtree(mini_copy / "jpg")
+    (mini_copy / "jpg").mkdir()
+    assert "jpg" in _one_line_error(capsys, "eval", "--dataset", "oxford5k-mini", "--root", str(mini_copy.parent))
+
+
+def test_corrupt_image_leaves_no_feature_file(capsys, tmp_path, mini_copy, monkeypatch):
+    with open(mini_copy / "gnd_oxford5k-mini.pkl", "rb") as f:
+        victim = pickle.load(f)["imlist"][7]
+    (mini_copy / "jpg" / f"{victim}.jpg").unlink()
+    (mini_copy / "jpg" / f"{victim}.jpg").write_bytes(b"\xff\xd8 not a photo")
+    cache = tmp_path / "cache"
+    line = _one_line_error(capsys, "eval", "--dataset", "oxford5k-mini", "--root", str(mini_copy.parent), *FAST,
+                           "--cache-dir", str(cache))
+    assert f"{victim}.jpg" in line
+    assert not list(cache.rglob("*.npz")) and not list(cache.rglob("*.tmp"))
+
+
+def test_bad_scales_are_rejected_by_the_parser(capsys, data_root):
+    with pytest.raises(SystemExit) as exc:
+        main(["eval", "--dataset", "oxford5k-mini", "--root", str(data_root), "--scales", "1,x"])
+    assert exc.value.code == 2

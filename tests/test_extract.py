@@ -1,0 +1,103 @@
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from deepret.errors import DeepretError
+from deepret.extract import ExtractSettings, extract, plan_batches
+from deepret.imageio import image_size, open_rgb, target_shape, to_tensor
+from deepret.models import create_model, l2n
+
+from conftest import require_data
+
+
+@pytest.fixture(scope="module")
+def net():
+    torch.manual_seed(0)
+    return create_model("resnet18-gem", weights="random")
+
+
+@pytest.fixture
+def photos():
+    return sorted(require_data("oxford5k-mini", "jpg").glob("*.jpg"))[:6]
+
+
+def test_target_shape_keeps_the_longest_side_and_rounds_the_other():
+    assert target_shape(1024, 768, 512) == (384, 512)
+    assert target_shape(768, 1024, 512) == (512, 384)
+    assert target_shape(1000, 700, 512, round_to=32) == (352, 512)
+
+
+def test_plan_batches_groups_equal_shapes_within_a_pixel_budget():
+    sizes = [(1024, 768)] * 5 + [(768, 1024)] * 2 + [(1000, 300)]
+    batches = plan_batches(sizes, longest=512, round_to=32, max_pixels=3 * 512 * 384)
+    assert sorted(len(b) for b in batches) == [1, 2, 2, 3]
+    for batch in batches:
+        assert len({(h, w) for _, h, w in batch}) == 1
+    assert sorted(i for b in batches for i, _, _ in b) == list(range(8))
+    fixed = plan_batches(sizes, longest=512, round_to=32, max_pixels=10**9, fixed=224)
+    assert len(fixed) == 1 and fixed[0][0][1:] == (224, 224)
+
+
+def test_batched_extraction_equals_one_image_per_forward(net, photos):
+    settings = ExtractSettings(size=256)
+    batched = extract(net, photos, settings=settings, workers=2, progress=False)
+    single = extract(net, photos, settings=settings, workers=0, max_batch_pixels=1, progress=False)
+    assert batched.shape == (6, 512) and batched.dtype == np.float32
+    np.testing.assert_allclose(batched, single, atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(batched, axis=1), 1, atol=1e-5)
+
+
+def _by_hand(net, path, size, flip=False):
+    h, w = target_shape(*image_size(path), size, 32)
+    im = open_rgb(path, draft_to=(w, h))  # the JPEG decoder may scale down by 2^k, as extract lets it
+    x = to_tensor(im, (h, w), net.meta["input"]["mean"], net.meta["input"]["std"])[None]
+    with torch.no_grad():
+        v = net(x)
+        return l2n(v + net(x.flip(-1))) if flip else v
+
+
+def test_multiscale_is_the_gem_power_mean_of_the_scales(net, photos):
+    got = extract(net, photos[:2], settings=ExtractSettings(size=256, scales=(1.0, 0.5)), workers=0, progress=False)
+    p = net.gem_p()
+    for i, path in enumerate(photos[:2]):
+        v = (_by_hand(net, path, 256).double().pow(p) + _by_hand(net, path, 128).double().pow(p)) / 2
+        np.testing.assert_allclose(got[i], l2n(v.pow(1 / p))[0].numpy(), atol=1e-5)
+
+
+def test_flip_averages_the_mirrored_image(net, photos):
+    got = extract(net, photos[:1], settings=ExtractSettings(size=192, flip=True), workers=0, progress=False)
+    np.testing.assert_allclose(got[0], _by_hand(net, photos[0], 192, flip=True)[0].numpy(), atol=1e-5)
+    plain = extract(net, photos[:1], settings=ExtractSettings(size=192), workers=0, progress=False)
+    assert not np.allclose(got, plain, atol=1e-3)
+
+
+def test_query_bbx_crops_before_resizing(net, photos, tmp_path):
+    bbx = (100.5, 50, 400, 300)
+    crop = tmp_path / "crop.png"
+    Image.open(photos[0]).convert("RGB").crop((100, 50, 400, 300)).save(crop)
+    with_bbx = extract(net, photos[:1], [bbx], settings=ExtractSettings(size=160), workers=0, progress=False)
+    cropped = extract(net, [crop], settings=ExtractSettings(size=160), workers=0, progress=False)
+    np.testing.assert_allclose(with_bbx, cropped, atol=1e-5)
+
+
+def test_fc7_networks_see_224_pixel_squares():
+    torch.manual_seed(0)
+    net = create_model("alexnet-fc7", weights="random")
+    sizes = [(1024, 768), (300, 900)]
+    assert {(h, w) for b in plan_batches(sizes, 1024, 32, 10**9, fixed=net.input_size) for _, h, w in b} == {(224, 224)}
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_corrupt_and_truncated_images_name_the_file(net, photos, tmp_path, workers):
+    garbage = tmp_path / "garbage.jpg"
+    garbage.write_bytes(b"\xff\xd8 this is not a jpeg")
+    with pytest.raises(DeepretError, match="garbage.jpg"):
+        extract(net, [photos[0], garbage], workers=workers, progress=False)
+    truncated = tmp_path / "truncated.jpg"
+    truncated.write_bytes(photos[1].read_bytes()[:5000])
+    with pytest.raises(DeepretError, match="truncated.jpg") as err:
+        extract(net, [photos[0], truncated], settings=ExtractSettings(size=128), workers=workers, progress=False)
+    assert "\n" not in str(err.value)
+    with pytest.raises(DeepretError, match="missing.jpg"):
+        extract(net, [tmp_path / "missing.jpg"], workers=workers, progress=False)

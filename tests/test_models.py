@@ -1,0 +1,145 @@
+import urllib.error
+
+import pytest
+import torch
+import torchvision
+
+import deepret
+from deepret.errors import DeepretError
+from deepret.imageio import open_rgb, to_tensor
+from deepret.models import create_model, get_model, list_models, save
+from deepret.models.backbones import build_backbone
+from deepret.models.weights import hub_checkpoint_path
+
+from conftest import require_data
+
+PALACE, SUSPENSION_BRIDGE, PIER = 698, 839, 718
+
+
+def imagenet_top1(backbone, path) -> int:
+    x = to_tensor(open_rgb(path), (224, 224), backbone.mean, backbone.std)
+    backbone.model.eval()
+    with torch.no_grad():
+        return int(backbone.classifier_logits(x[None]).argmax())
+
+
+@pytest.mark.parametrize("weights", ["imagenet", "random"])
+def test_lite0_weight_mapping_classifies_real_photos(weights):
+    """The packaged Lite0 weights, mapped onto timm's network, name real landmarks' classes."""
+    root = require_data("landmarks-mini")
+    torch.manual_seed(0)
+    backbone = build_backbone("efficientnet_lite0", weights)
+    san_marco = [imagenet_top1(backbone, p) for p in sorted((root / "piazza_san_marco").glob("*.jpg"))]
+    bridge = [imagenet_top1(backbone, p) for p in sorted((root / "london_bridge").glob("*.jpg"))]
+    right = san_marco.count(PALACE) + sum(c in (SUSPENSION_BRIDGE, PIER) for c in bridge)
+    if weights == "imagenet":
+        assert san_marco == [PALACE] * 5, san_marco
+        assert right >= 7, (san_marco, bridge)
+    else:
+        assert right <= 2, (san_marco, bridge)
+
+
+def _fake_torchvision_weights(arch: str) -> dict:
+    """A random state_dict of `arch` written where torch hub caches its ImageNet file."""
+    torch.manual_seed(1)
+    state = torchvision.models.get_model(arch, weights=None).state_dict()
+    path = hub_checkpoint_path(torchvision.models.get_model_weights(arch).DEFAULT.url)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(state, path)
+    return state
+
+
+def _no_network(*args, **kwargs):
+    raise AssertionError("the network was touched although the cache is warm")
+
+
+@pytest.mark.parametrize("name,dim", [("alexnet-fc7", 4096), ("alexnet-gem", 256), ("resnet18-gem", 512)])
+def test_torchvision_imagenet_weights_load_from_a_warm_hub_cache(monkeypatch, name, dim):
+    state = _fake_torchvision_weights(name.split("-")[0])
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", _no_network)
+    net = create_model(name, weights="imagenet")
+    assert net.dim == dim and "torch hub cache" in net.meta["provenance"]
+    ours = net.state_dict()
+    first_conv = next(k for k in state if k.endswith("weight") and state[k].dim() == 4)
+    assert any(torch.equal(v, state[first_conv]) for v in ours.values())
+    out = net(torch.rand(2, 3, 224, 224))
+    assert out.shape == (2, dim) and torch.allclose(out.norm(dim=1), torch.ones(2), atol=1e-5)
+
+
+def test_alexnet_fc7_is_the_second_fc_layer_of_the_classifier():
+    _fake_torchvision_weights("alexnet")
+    net = create_model("alexnet-fc7")
+    alexnet = torchvision.models.alexnet()
+    alexnet.load_state_dict(torch.load(hub_checkpoint_path(torchvision.models.AlexNet_Weights.DEFAULT.url)))
+    alexnet.eval()
+    x = torch.rand(1, 3, 224, 224)
+    with torch.no_grad():
+        fc7 = alexnet.classifier[:6](torch.flatten(alexnet.avgpool(alexnet.features(x)), 1))
+        assert torch.allclose(net(x), torch.nn.functional.normalize(fc7), atol=1e-5)
+    assert net.input_size == 224
+
+
+def test_missing_weights_offline_name_the_file_to_put(monkeypatch):
+    def offline(url, **kwargs):
+        raise urllib.error.URLError("Name or service not known")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    with pytest.raises(DeepretError) as err:
+        create_model("resnet50-gem")
+    expected = hub_checkpoint_path(torchvision.models.ResNet50_Weights.DEFAULT.url)
+    assert str(expected) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_any_timm_model_by_name(monkeypatch):
+    net = create_model("resnet10t-gem", weights="random")
+    assert net.dim == 512 and net(torch.rand(1, 3, 96, 128)).shape == (1, 512)
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # fail at once, no retries
+    with pytest.raises(DeepretError, match="resnet10t"):
+        create_model("resnet10t-gem", weights="imagenet")
+
+
+@pytest.mark.parametrize("name,match", [("foo-gem", "unknown backbone 'foo'"), ("resnet18", "<backbone>-<head>"),
+                                        ("resnet18-fc7", "fc7 exists only"), ("resnet18-avg", "<backbone>-<head>")])
+def test_bad_model_names(name, match):
+    with pytest.raises(DeepretError, match=match):
+        create_model(name, weights="random")
+
+
+def test_registry_lists_the_study_models():
+    names = {row["name"] for row in list_models()}
+    assert {"alexnet-fc7", "alexnet-gem", "resnet18-gem", "resnet50-gem", "efficientnet_lite0-gem", "vgg16-mac"} <= names
+
+
+def test_checkpoint_rebuilds_the_network_exactly(tmp_path):
+    torch.manual_seed(0)
+    net = create_model("resnet18-gem", weights="random", p=2.5, learn_p=True, per_channel_p=True)
+    with torch.no_grad():
+        net.pool.p.add_(torch.rand_like(net.pool.p))
+    net.set_whitening(torch.randn(64, 512), torch.randn(64), method="pca")
+    path = save(net, tmp_path / "ckpt" / "net.pt", epoch=3)
+    loaded = deepret.load(path)
+    x = torch.rand(2, 3, 160, 120)
+    assert torch.allclose(loaded(x), net(x), atol=1e-6)
+    assert loaded.dim == 64 and loaded.meta["whitening"]["method"] == "pca"
+    assert {k: v for k, v in loaded.meta.items() if k != "checkpoint"} == net.meta
+    assert isinstance(get_model(str(path)), type(net))
+    assert [p.name for p in path.parent.iterdir()] == ["net.pt"]  # no temp file left
+
+
+def test_local_state_dict_weights(tmp_path):
+    torch.manual_seed(2)
+    source = torchvision.models.resnet18()
+    torch.save(source.state_dict(), tmp_path / "r18.pth")
+    net = create_model("resnet18-gem", weights=str(tmp_path / "r18.pth"))
+    assert torch.equal(net.trunk[0].weight, source.conv1.weight)
+    with pytest.raises(DeepretError, match="missing.pth"):
+        create_model("resnet18-gem", weights=str(tmp_path / "missing.pth"))
+
+
+def test_corrupt_checkpoint_is_a_one_line_error(tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(DeepretError, match="bad.pt"):
+        deepret.load(bad)
