@@ -8,7 +8,9 @@ oxford5k-mini (`--root`, default ../shared/data next to the repo). In the same r
              forward, normalisation (single scale, no flip);
   forward    net(x) only, on the same batches (plan_batches + _Images + _collate, as extract uses
              them) decoded beforehand;
-  one-by-one decode + forward of each image alone at the same resized shape, no batching, no workers.
+  one-by-one decode + forward of each image alone at the same resized shape, no batching, no workers;
+  untuned    the full pipeline with the previous defaults: glibc's malloc settings, 2 workers
+             (deepret.runtime.tune_allocator is off for it, on for the others).
 Every figure is the best of --repeat runs after a warm-up; the ratios are the numbers to compare
 across machines, the img/s depend on the machine and on its load.
 """
@@ -25,7 +27,8 @@ from pathlib import Path
 import torch
 
 from deepret.datasets.revisitop import load_benchmark
-from deepret.extract import ExtractSettings, _collate, _Images, default_workers, extract, plan_batches
+from deepret.extract import ExtractSettings, _collate, _Images, extract, plan_batches
+from deepret.runtime import default_workers, tune_allocator
 from deepret.imageio import image_size
 from deepret.models.network import create_model
 from deepret.models.registry import DEFAULT_MODEL
@@ -57,6 +60,16 @@ def bench_size(net, paths, size: int, device: torch.device, workers: int, repeat
     def full():
         return extract(net, paths, settings=settings, device=device, workers=workers, progress=False)
 
+    def full_untuned():
+        """The previous defaults: glibc's malloc settings and 2 decoding workers."""
+        os.environ["DEEPRET_MALLOC_TUNING"] = "0"
+        tune_allocator(False)
+        try:
+            return extract(net, paths, settings=settings, device=device, workers=2, progress=False)
+        finally:
+            del os.environ["DEEPRET_MALLOC_TUNING"]
+            tune_allocator(True)
+
     @torch.inference_mode()
     def forward():
         return [net(x) for x in xs]
@@ -71,15 +84,16 @@ def bench_size(net, paths, size: int, device: torch.device, workers: int, repeat
     out = torch.cat(forward()).cpu()
     order = [i for idx, _ in decoded for i in idx]
     max_diff = float((out - torch.from_numpy(ref[order])).abs().max())
-    times = {"full": [], "forward": [], "one_by_one": []}
-    for _ in range(repeat):  # interleaved, so slow drifts of the machine load hit all three alike
-        for name, fn in (("full", full), ("forward", forward), ("one_by_one", one_by_one)):
+    times = {"full": [], "forward": [], "one_by_one": [], "untuned": []}
+    for _ in range(repeat):  # interleaved, so slow drifts of the machine load hit all alike
+        for name, fn in (("full", full), ("forward", forward), ("one_by_one", one_by_one), ("untuned", full_untuned)):
             times[name].append(timed(fn, device))
     n = len(paths)
     best = {k: min(v) for k, v in times.items()}
     return {"size": size, "images": n, "batches": len(batches), "max_batch": max(len(b) for b in batches),
             "full_ips": n / best["full"], "forward_ips": n / best["forward"],
             "one_by_one_ips": n / best["one_by_one"], "serial_decode_ips": n / decode_s,
+            "untuned_ips": n / best["untuned"], "full_over_untuned": best["untuned"] / best["full"],
             "full_over_forward": best["forward"] / best["full"],
             "full_over_one_by_one": best["one_by_one"] / best["full"],
             "seconds": times, "max_abs_diff_forward_vs_extract": max_diff}
@@ -110,11 +124,13 @@ def main() -> None:
     env["loadavg_1min_end"] = os.getloadavg()[0]  # includes this run's own threads
     print(f"1-min load average {env['loadavg_1min_start']:.2f} at start, {env['loadavg_1min_end']:.2f} at end "
           f"({os.cpu_count()} CPUs)\n")
-    print("| size | images | full img/s | pure-forward img/s | one-by-one img/s | full/forward | full/one-by-one |")
-    print("|---:|---:|---:|---:|---:|---:|---:|")
+    print("| size | images | full img/s | pure-forward img/s | one-by-one img/s | untuned full img/s "
+          "| full/forward | full/one-by-one | full/untuned |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         print(f"| {r['size']} | {r['images']} | {r['full_ips']:.1f} | {r['forward_ips']:.1f} | "
-              f"{r['one_by_one_ips']:.1f} | {r['full_over_forward']:.2f} | {r['full_over_one_by_one']:.2f} |")
+              f"{r['one_by_one_ips']:.1f} | {r['untuned_ips']:.1f} | {r['full_over_forward']:.2f} | "
+              f"{r['full_over_one_by_one']:.2f} | {r['full_over_untuned']:.2f} |")
     print()
     for r in rows:
         print(f"size {r['size']}: {r['batches']} batches (largest {r['max_batch']}), serial decode "

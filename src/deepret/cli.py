@@ -66,6 +66,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--topk", type=int, default=10)
     p.add_argument("--out", type=Path, required=True, help="PNG file to write")
 
+    _add_train_parsers(sub)
+
+    p = sub.add_parser("whiten", help="learn PCA-whitening or Lw on labelled images, save a checkpoint")
+    _add_model_options(p)
+    p.add_argument("--train", required=True, help="training images: class folders, a GLDv2 CSV or a list file")
+    p.add_argument("--train-root", type=Path, default=None, help="image root for a CSV or list file")
+    p.add_argument("--method", choices=("pca", "lw"), default="pca")
+    p.add_argument("--dim", type=int, default=None, help="output dimension (default: the descriptor's)")
+    p.add_argument("--shrinkage", type=float, default=0.0, help="eigenvalue regularisation (x their mean)")
+    p.add_argument("--size", type=int, default=512, help="longest image side for the descriptors")
+    p.add_argument("--workers", type=int, default=None)
+    p.add_argument("--out", required=True, type=Path, help="checkpoint to write")
+
     p = sub.add_parser("download", help="download a benchmark's images and ground truth")
     p.add_argument("name", help="oxford5k, paris6k, roxford5k or rparis6k")
     p.add_argument("--root", required=True, type=Path)
@@ -76,6 +89,48 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--imlist", required=True, type=Path, help="image list: a text file (one name a line) or a jpg/ folder")
     p.add_argument("--out", required=True, type=Path)
     return parser
+
+
+def _add_train_parsers(sub) -> None:
+    train = sub.add_parser("train", help="finetune a network as a classifier or for ranking")
+    modes = train.add_subparsers(dest="mode", required=True)
+    for mode, text in (("classify", "new classifier layer, cross-entropy"), ("rank", "triplet/contrastive loss")):
+        p = modes.add_parser(mode, help=text)
+        _add_model_options(p)
+        p.add_argument("--data", required=True, help="class folders, a GLDv2 CSV or a list file of `path label`")
+        p.add_argument("--data-root", type=Path, default=None, help="image root for a CSV or list file")
+        p.add_argument("--out", required=True, type=Path, help="run folder: checkpoints, log.jsonl, loss.png")
+        p.add_argument("--epochs", type=int, default=5)
+        p.add_argument("--batch-size", type=int, default=8 if mode == "classify" else 4,
+                       help="images (classify) or tuples (rank) per step")
+        p.add_argument("--size", type=int, default=224 if mode == "classify" else 362, help="training image side")
+        p.add_argument("--lr", type=float, default=1e-3 if mode == "classify" else 1e-6)
+        p.add_argument("--optimizer", choices=("adam", "sgd"), default="adam")
+        p.add_argument("--weight-decay", type=float, default=1e-6)
+        p.add_argument("--lr-decay", type=float, default=0.99, help="learning rate factor per epoch")
+        p.add_argument("--lr-mult", type=float, default=10.0, help="learning rate factor of the new layers and GeM p")
+        p.add_argument("--augment", default="none", help="e.g. all, none, crop,flip, crop=0.4:1,rotate=15")
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--workers", type=int, default=0)
+        p.add_argument("--val", default=None, help="benchmark to validate on, e.g. oxford5k-mini")
+        p.add_argument("--val-root", type=Path, default=None)
+        p.add_argument("--val-every", type=int, default=1)
+        p.add_argument("--val-size", type=int, default=512)
+        p.add_argument("--resume", action="store_true", help="continue the run in --out where it stopped")
+        p.add_argument("--quiet", action="store_true")
+        if mode == "classify":
+            p.add_argument("--init", choices=("xavier", "kaiming"), default="xavier")
+            p.add_argument("--freeze", type=int, default=0, help="freeze the first N blocks of the backbone")
+            p.add_argument("--val-fraction", type=float, default=0.0, help="hold out images for accuracy")
+        else:
+            p.add_argument("--loss", choices=("triplet", "contrastive"), default="triplet")
+            p.add_argument("--margin", type=float, default=None, help="default 0.1 (triplet), 0.7 (contrastive)")
+            p.add_argument("--negatives", type=int, default=5, help="hard negatives per tuple")
+            p.add_argument("--pool-size", type=int, default=200, help="random pool to mine negatives from")
+            p.add_argument("--queries", type=int, default=100, help="tuples per epoch")
+            p.add_argument("--proj", type=int, default=None, help="FC projection to DIM, initialised by PCA-whitening")
+            p.add_argument("--learn-p", action="store_true", help="learn the GeM exponent")
+            p.add_argument("--multires", type=_parse_scales, default=(1.0,), help="training scales, e.g. 0.75,1,1.25")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -176,8 +231,42 @@ def _cmd_convert_gt(args) -> int:
     return 0
 
 
+def _cmd_train(args) -> int:
+    from deepret.datasets import load_labelled
+    from deepret.train import TrainConfig, train_classify, train_rank
+
+    data = load_labelled(args.data, args.data_root)
+    cfg = TrainConfig(out=args.out, epochs=args.epochs, batch_size=args.batch_size, size=args.size, lr=args.lr,
+                      optimizer=args.optimizer, weight_decay=args.weight_decay, lr_decay=args.lr_decay,
+                      lr_mult=args.lr_mult, augment=args.augment, seed=args.seed, device=args.device,
+                      workers=args.workers, val=args.val, val_root=args.val_root, val_every=args.val_every,
+                      val_size=args.val_size, resume=args.resume, progress=not args.quiet)
+    if args.mode == "classify":
+        last = train_classify(data, args.model, cfg, weights=args.weights, init=args.init, freeze=args.freeze,
+                              val_fraction=args.val_fraction)
+    else:
+        last = train_rank(data, args.model, cfg, weights=args.weights, loss=args.loss, margin=args.margin,
+                          negatives=args.negatives, pool_size=args.pool_size, queries=args.queries,
+                          proj=args.proj, learn_p=args.learn_p, multires=args.multires)
+    print(f"wrote {last} (evaluate it with: deepret eval --model {last} --dataset ... --root ...)")
+    return 0
+
+
+def _cmd_whiten(args) -> int:
+    from deepret.datasets import load_labelled
+    from deepret.models import get_model, save
+    from deepret.train.whitening import learn_whitening
+
+    data = load_labelled(args.train, args.train_root)
+    net = get_model(args.model, weights=args.weights)
+    learn_whitening(net, data, args.method, args.dim, args.size, args.shrinkage, args.device, args.workers)
+    save(net, args.out)
+    print(f"wrote {args.out}: {net.meta['name']} + {args.method} whitening to {net.dim}-d, learned on {len(data)} images")
+    return 0
+
+
 COMMANDS = {"models": _cmd_models, "extract": _cmd_extract, "eval": _cmd_eval, "search": _cmd_search,
-            "download": _cmd_download, "convert-gt": _cmd_convert_gt}
+            "download": _cmd_download, "convert-gt": _cmd_convert_gt, "train": _cmd_train, "whiten": _cmd_whiten}
 
 
 if __name__ == "__main__":

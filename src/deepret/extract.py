@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from deepret.errors import DeepretError
 from deepret.imageio import BBox, image_size, open_rgb, target_shape, to_tensor
 from deepret.models import RetrievalNet, l2n
+from deepret.runtime import default_workers, tune_allocator
 
 
 @dataclass(frozen=True)
@@ -37,12 +38,6 @@ class ExtractSettings:
 
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def default_workers() -> int:
-    import os
-
-    return min(4, len(os.sched_getaffinity(0)))
 
 
 class _Images(Dataset):
@@ -92,6 +87,8 @@ def extract(net: RetrievalNet, paths: Sequence[str | Path], bbxs: Sequence[BBox 
     """Descriptors (N, D) float32 of the images in `paths`, cropped to `bbxs` where given."""
     device = torch.device(device) if device is not None else default_device()
     workers = default_workers() if workers is None else workers
+    if device.type == "cpu":
+        tune_allocator()
     paths = [Path(p) for p in paths]
     bbxs = list(bbxs) if bbxs is not None else [None] * len(paths)
     net = net.to(device).eval()

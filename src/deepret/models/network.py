@@ -58,7 +58,7 @@ class RetrievalNet(nn.Module):
         """Install a learned projection v -> matrix @ v + bias after pooling (kept in meta)."""
         dim_out, dim_in = matrix.shape
         self.meta["whitening"] = {"dim_in": dim_in, "dim_out": dim_out, "method": method}
-        self.whiten = nn.Linear(dim_in, dim_out, bias=True).to(matrix.device)
+        self.whiten = nn.Linear(dim_in, dim_out, bias=True).to(next(self.trunk.parameters()).device)
         with torch.no_grad():
             self.whiten.weight.copy_(matrix)
             self.whiten.bias.copy_(bias)

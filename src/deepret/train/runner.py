@@ -1,0 +1,209 @@
+"""What every training run shares: config, devices and torchrun, optimiser and schedule, the
+JSON-lines log, the loss-curve PNG, validation, per-epoch checkpoints and exact resume."""
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from deepret.errors import DeepretError
+from deepret.models import RetrievalNet, save
+from deepret.runtime import tune_allocator
+
+
+@dataclass
+class TrainConfig:
+    """Options common to `train classify` and `train rank`."""
+
+    out: Path
+    epochs: int = 5
+    batch_size: int = 8
+    size: int = 224
+    lr: float = 1e-3
+    optimizer: str = "adam"
+    weight_decay: float = 1e-6
+    lr_decay: float = 0.99           # learning rate x this after every epoch
+    lr_mult: float = 10.0            # for new layers (classifier, projection) and GeM p
+    augment: str = "none"            # deepret.augment.AugmentConfig.parse grammar
+    seed: int = 0
+    device: str | None = None
+    workers: int = 0
+    val: str | None = None           # a benchmark name, e.g. oxford5k-mini
+    val_root: Path | None = None
+    val_every: int = 1
+    val_size: int = 512
+    resume: bool = False
+    progress: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
+
+
+def distributed() -> tuple[int, int, int]:
+    """(rank, world size, local rank) from torchrun's environment; (0, 1, 0) otherwise."""
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
+
+
+def setup_device(requested: str | None) -> torch.device:
+    """The device for this process; starts the process group under torchrun."""
+    tune_allocator()
+    rank, world, local = distributed()
+    cuda = torch.cuda.is_available() and (requested is None or requested.startswith("cuda"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if cuda else "gloo")
+    if cuda:
+        device = torch.device(f"cuda:{local}" if world > 1 else (requested or "cuda"))
+        torch.cuda.set_device(device)
+        return device
+    return torch.device("cpu")
+
+
+def freeze_batchnorm(module: nn.Module) -> None:
+    """Keep BatchNorm statistics fixed (tiny batches of large images would ruin them)."""
+    for m in module.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
+
+
+def make_optimizer(cfg: TrainConfig, base: Iterable[nn.Parameter], new: Iterable[nn.Parameter]):
+    """Optimiser with the new layers at lr x lr_mult, and its exponential schedule."""
+    groups = [{"params": [p for p in base if p.requires_grad], "lr": cfg.lr},
+              {"params": [p for p in new if p.requires_grad], "lr": cfg.lr * cfg.lr_mult}]
+    groups = [g for g in groups if g["params"]]
+    if cfg.optimizer == "adam":
+        opt = torch.optim.Adam(groups, weight_decay=cfg.weight_decay)
+    elif cfg.optimizer == "sgd":
+        opt = torch.optim.SGD(groups, momentum=0.9, weight_decay=cfg.weight_decay)
+    else:
+        raise DeepretError(f"--optimizer {cfg.optimizer!r}: use adam or sgd")
+    return opt, torch.optim.lr_scheduler.ExponentialLR(opt, gamma=cfg.lr_decay)
+
+
+class Run:
+    """Log, checkpoints and resume of one training run in `cfg.out` (only rank 0 writes)."""
+
+    def __init__(self, cfg: TrainConfig, mode: str) -> None:
+        self.cfg, self.mode = cfg, mode
+        self.rank, self.world, _ = distributed()
+        self.is_main = self.rank == 0
+        self.out = Path(cfg.out)
+        self.log_path, self.last = self.out / "log.jsonl", self.out / "last.pt"
+        self.rng = np.random.default_rng(cfg.seed)
+        self.start_epoch, self.step = 0, 0
+        self.skipped: set[str] = set()
+        if self.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+        random.seed(cfg.seed)
+        torch.manual_seed(cfg.seed + self.rank)
+
+    def log(self, **record: Any) -> None:
+        if not self.is_main:
+            return
+        with open(self.log_path, "a") as f:
+            f.write(json.dumps({"mode": self.mode, "time": round(time.time(), 3), **record}) + "\n")
+
+    def optimise(self, opt, loss: torch.Tensor, bar, epoch: int, lr: float, **record: Any) -> float:
+        """One optimiser step on `loss`, counted, shown on the progress bar and logged."""
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        self.step += 1
+        value = loss.item()
+        bar.set_postfix(loss=f"{value:.4f}")
+        self.log(epoch=epoch + 1, step=self.step, loss=value, lr=lr, **record)
+        return value
+
+    def report_skipped(self, errors: list[str]) -> None:
+        """Corrupt images: reported once each, training goes on."""
+        for e in errors:
+            if e not in self.skipped:
+                self.skipped.add(e)
+                self.log(skipped=e)
+                print(f"deepret: skipped {e}")
+
+    def checkpoint(self, net: RetrievalNet, epoch: int, opt, sched, extra_state: dict) -> None:
+        """After epoch `epoch` (0-based): epoch_NNN.pt and last.pt, each written atomically."""
+        if not self.is_main:
+            return
+        state = {"mode": self.mode, "epoch": epoch, "step": self.step, "config": self.cfg.to_json(),
+                 "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "rng": self._rng_state(),
+                 **extra_state}
+        save(net, self.out / f"epoch_{epoch + 1:03d}.pt", train=state)
+        save(net, self.last, train=state)
+        self.plot()
+
+    def previous(self) -> dict | None:
+        """The checkpoint to resume from (with --resume), else None; refuses to overwrite a run."""
+        if not self.cfg.resume:
+            if self.last.exists():
+                raise DeepretError(f"{self.out} already holds a run (last.pt): pass --resume to continue it "
+                                   "or choose another --out")
+            return None
+        if not self.last.is_file():
+            raise DeepretError(f"--resume: {self.last} not found; start without --resume")
+        ckpt = torch.load(self.last, map_location="cpu", weights_only=False)
+        if ckpt["train"]["mode"] != self.mode:
+            raise DeepretError(f"--resume: {self.last} is a `train {ckpt['train']['mode']}` run, "
+                               f"not `train {self.mode}`")
+        return ckpt
+
+    def restore(self, ckpt: dict | None, net: RetrievalNet, opt, sched) -> dict:
+        """Put a `previous()` checkpoint back into net/opt/sched and the RNGs; returns its train state."""
+        if ckpt is None:
+            return {}
+        state = ckpt["train"]
+        net.load_state_dict(ckpt["state_dict"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        self._set_rng_state(state["rng"])
+        self.start_epoch, self.step = state["epoch"] + 1, state["step"]
+        self.log(resumed_from=str(self.last), epoch=self.start_epoch)
+        return state
+
+    def _rng_state(self) -> dict:
+        return {"python": random.getstate(), "numpy": self.rng.bit_generator.state,
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+    def _set_rng_state(self, s: dict) -> None:
+        random.setstate(s["python"])
+        self.rng.bit_generator.state = s["numpy"]
+        torch.set_rng_state(s["torch"])
+        if s.get("cuda") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(s["cuda"])
+
+    def validate(self, net: RetrievalNet, epoch: int) -> dict | None:
+        """mAP on the validation benchmark (rank 0, every val_every epochs and after the last)."""
+        cfg = self.cfg
+        last = epoch + 1 == cfg.epochs
+        if not (cfg.val and self.is_main and ((epoch + 1) % cfg.val_every == 0 or last)):
+            return None
+        from deepret.datasets import load_benchmark
+        from deepret.extract import ExtractSettings
+        from deepret.pipeline import RunOptions, benchmark_features, evaluate_features
+
+        bench = load_benchmark(cfg.val, cfg.val_root or ".")
+        opts = RunOptions(ExtractSettings(size=cfg.val_size), use_cache=False, progress=False,
+                          device=str(next(net.parameters()).device), workers=cfg.workers)
+        was_training = net.training
+        features, _, _ = benchmark_features(net.eval(), bench, opts)
+        net.train(was_training)
+        results = {p: round(r.map, 2) for p, r in evaluate_features(features, bench).items()}
+        self.log(epoch=epoch + 1, val=cfg.val, mAP=results)
+        return results
+
+    def plot(self) -> None:
+        """loss.png: loss per step, the epoch means, and validation mAP if any."""
+        from deepret.viz.curves import loss_curve
+
+        loss_curve(self.log_path, self.out / "loss.png")
