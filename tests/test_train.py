@@ -199,3 +199,22 @@ def test_existing_run_is_not_overwritten_without_resume(landmarks, tmp_path):
     train_classify(landmarks, MODEL, _cfg(tmp_path / "run", epochs=1))
     with pytest.raises(DeepretError, match="--resume"):
         train_classify(landmarks, MODEL, _cfg(tmp_path / "run", epochs=1))
+
+
+def test_torchrun_two_processes_on_the_cpu(tmp_path):
+    """The same command under torchrun: DistributedDataParallel over gloo, rank 0 logs and saves."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "deepret", "train",
+           "classify", "--data", str(require_data("landmarks-mini")), "--out", str(out), "--epochs", "1",
+           "--size", "64", "--batch-size", "4", "--quiet"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert records[0]["world_size"] == 2
+    # 23 images, 12 per rank (DistributedSampler pads), 4 per batch: 3 steps, each logged once
+    assert [r["step"] for r in records if "loss" in r] == [1, 2, 3]
+    assert result.stdout.count("wrote ") == 1
+    assert deepret.load(out / "last.pt").dim == 1280

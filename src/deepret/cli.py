@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -248,7 +249,8 @@ def _cmd_train(args) -> int:
         last = train_rank(data, args.model, cfg, weights=args.weights, loss=args.loss, margin=args.margin,
                           negatives=args.negatives, pool_size=args.pool_size, queries=args.queries,
                           proj=args.proj, learn_p=args.learn_p, multires=args.multires)
-    print(f"wrote {last} (evaluate it with: deepret eval --model {last} --dataset ... --root ...)")
+    if os.environ.get("RANK", "0") == "0":
+        print(f"wrote {last} (evaluate it with: deepret eval --model {last} --dataset ... --root ...)")
     return 0
 
 

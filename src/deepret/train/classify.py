@@ -70,7 +70,8 @@ def train_classify(data: LabelledImages, model: str, cfg: TrainConfig, weights: 
     if previous is not None:
         clf.fc.load_state_dict(previous["train"]["head"])
     run.restore(previous, net, opt, sched)
-    run.log(start=True, classes=len(data.classes), train_images=len(train), config=cfg.to_json())
+    run.log(start=True, classes=len(data.classes), train_images=len(train), world_size=run.world,
+            config=cfg.to_json())
     mean, std = net.meta["input"]["mean"], net.meta["input"]["std"]
     images = TrainImages(train.paths, train_transform(cfg.size, mean, std, AugmentConfig.parse(cfg.augment)))
     labels = torch.tensor(train.labels)

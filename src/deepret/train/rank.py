@@ -91,7 +91,8 @@ def train_rank(data: LabelledImages, model: str, cfg: TrainConfig, weights: str 
     new_ids = {id(p) for p in new}
     opt, sched = make_optimizer(cfg, [p for p in net.parameters() if id(p) not in new_ids], new)
     run.restore(previous, net, opt, sched)
-    run.log(start=True, classes=len(data.classes), train_images=len(data), config=cfg.to_json())
+    run.log(start=True, classes=len(data.classes), train_images=len(data), world_size=run.world,
+            config=cfg.to_json())
     mean, std = net.meta["input"]["mean"], net.meta["input"]["std"]
     augment = AugmentConfig.parse(cfg.augment)
     loss_fn = LOSSES[loss]

@@ -167,7 +167,7 @@ class Run:
         sched.load_state_dict(state["scheduler"])
         self._set_rng_state(state["rng"])
         self.start_epoch, self.step = state["epoch"] + 1, state["step"]
-        self.log(resumed_from=str(self.last), epoch=self.start_epoch)
+        self.log(resumed_from=str(self.last), next_epoch=self.start_epoch + 1)
         return state
 
     def _rng_state(self) -> dict:

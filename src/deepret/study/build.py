@@ -1,0 +1,113 @@
+"""A step's network: built, trained or whitened, with checkpoints kept in <out>/checkpoints and reused.
+
+Checkpoint folders are named by a hash of everything that decides them, so a re-run with the same
+settings reuses them (no training), a changed budget trains anew, and steps that end up with the
+same recipe (e.g. one stand-in for ResNet18 and ResNet50) share one checkpoint.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from deepret.datasets import LabelledImages, rankable
+from deepret.models import RetrievalNet, create_model, load, save
+from deepret.study.config import StudyConfig
+from deepret.study.steps import Choice, Step
+from deepret.train import TrainConfig, train_classify, train_rank
+from deepret.train.whitening import learn_whitening
+
+
+@dataclass
+class Built:
+    """A step's network and what was done to get it."""
+
+    net: RetrievalNet
+    checkpoint: Path | None = None
+    run_dir: Path | None = None
+    reused: bool = False
+    proj: int | None = None
+    notes: tuple[str, ...] = ()
+
+
+def recipe_hash(recipe: dict[str, Any]) -> str:
+    return hashlib.sha1(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
+def build_step(step: Step, choice: Choice, cfg: StudyConfig, data: LabelledImages) -> Built:
+    """The network of `step` starting from `choice` (trained/whitened as the step says)."""
+    ckpts = cfg.out / "checkpoints"
+    if step.train == "classify":
+        return _classify(choice, cfg, data, ckpts)
+    if step.train == "rank":
+        return _rank(step, choice, cfg, data, ckpts)
+    if step.whiten:
+        return _whiten(choice, cfg, data, ckpts)
+    return Built(create_model(choice.model, weights="imagenet"))
+
+
+def _train_config(cfg: StudyConfig, out: Path, budget, augment: str, resume: bool) -> TrainConfig:
+    return TrainConfig(out=out, epochs=budget.epochs, batch_size=budget.batch_size, size=budget.size, lr=budget.lr,
+                       augment=augment, seed=cfg.seed, device=cfg.device, workers=cfg.workers or 0,
+                       resume=resume, progress=cfg.progress)
+
+
+def _ensure_trained(folder: Path, recipe: dict, epochs: int, train: Callable[[bool], Path]) -> tuple[Path, bool]:
+    """`folder/last.pt` after `epochs` epochs: reused if there, resumed if short, else trained."""
+    last = folder / "last.pt"
+    resume = False
+    if last.is_file():
+        done = torch.load(last, map_location="cpu", weights_only=False)["train"]["epoch"] + 1
+        if done >= epochs:
+            return last, True
+        resume = True
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "recipe.json").write_text(json.dumps(recipe, indent=2, default=str))
+    return train(resume), False
+
+
+def _classify(choice: Choice, cfg: StudyConfig, data: LabelledImages, ckpts: Path) -> Built:
+    recipe = {"mode": "classify", "model": choice.model, "budget": asdict(cfg.classify), "seed": cfg.seed,
+              "train": str(cfg.train)}
+    folder = ckpts / f"classify-{choice.model}-{recipe_hash(recipe)}"
+    last, reused = _ensure_trained(folder, recipe, cfg.classify.epochs, lambda resume: train_classify(
+        data, choice.model, _train_config(cfg, folder, cfg.classify, "none", resume), weights="imagenet"))
+    return Built(load(last), last, folder, reused)
+
+
+def _rank(step: Step, choice: Choice, cfg: StudyConfig, data: LabelledImages, ckpts: Path) -> Built:
+    usable, _ = rankable(data)
+    proj = min(cfg.proj, choice.dim, len(usable) - 1)
+    notes = () if proj == cfg.proj else (
+        f"FC projection {proj}-d instead of {cfg.proj}: PCA-whitening initialises it, and "
+        f"{len(usable)} training images give at most {len(usable) - 1} dimensions",)
+    recipe = {"mode": "rank", "model": choice.model, "budget": asdict(cfg.rank), "augment": step.augment,
+              "proj": proj, "negatives": cfg.negatives, "pool_size": cfg.pool_size, "seed": cfg.seed,
+              "train": str(cfg.train)}
+    folder = ckpts / f"rank-{choice.model}-{recipe_hash(recipe)}"
+    b = cfg.rank
+    last, reused = _ensure_trained(folder, recipe, b.epochs, lambda resume: train_rank(
+        data, choice.model, _train_config(cfg, folder, b, step.augment, resume), weights="imagenet",
+        loss="triplet", negatives=cfg.negatives, pool_size=cfg.pool_size, queries=b.queries, proj=proj))
+    return Built(load(last), last, folder, reused, proj, notes)
+
+
+def _whiten(choice: Choice, cfg: StudyConfig, data: LabelledImages, ckpts: Path) -> Built:
+    net = create_model(choice.model, weights="imagenet")
+    dim = min(net.dim, len(data) - 1)
+    notes = () if dim == net.dim else (
+        f"PCA-whitening to {dim}-d: {len(data)} training images give at most {len(data) - 1} dimensions "
+        f"(shrinkage {cfg.whiten_shrinkage:g} x the mean eigenvalue)",)
+    recipe = {"mode": "pca", "model": choice.model, "dim": dim, "shrinkage": cfg.whiten_shrinkage,
+              "size": cfg.whiten_size, "train": str(cfg.train)}
+    path = ckpts / f"whiten-{choice.model}-{recipe_hash(recipe)}.pt"
+    if path.is_file():
+        return Built(load(path), path, None, True, None, notes)
+    learn_whitening(net, data, "pca", dim, cfg.whiten_size, cfg.whiten_shrinkage, cfg.device, cfg.workers,
+                    progress=cfg.progress)
+    save(net, path)
+    return Built(load(path), path, None, False, None, notes)

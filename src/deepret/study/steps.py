@@ -1,0 +1,114 @@
+"""The nine study steps and the weights policy: which network each step actually uses."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from deepret.errors import DeepretError
+from deepret.models import create_model
+from deepret.models.backbones import FC7_BACKBONES
+from deepret.study.config import StudyConfig
+
+PRETTY = {"alexnet": "AlexNet", "resnet18": "ResNet18", "resnet50": "ResNet50"}
+
+
+@dataclass(frozen=True)
+class Step:
+    """One representation of the study: the network role and head, and what is done to it."""
+
+    id: str
+    title: str
+    question: str
+    role: str                      # 'alexnet', 'resnet18' or 'resnet50' (a StudyConfig field)
+    head: str                      # fc7 or gem
+    train: str | None = None       # None, 'classify' or 'rank'
+    augment: str = "none"
+    whiten: bool = False
+    multiscale: bool = False
+    unlabeled_tsne: bool = False
+    triplets: bool = False
+
+
+STEPS = (
+    Step("1a", "AlexNet trained on ImageNet, fc7 (4096-d)",
+         "How well do off-the-shelf ImageNet fc7 features retrieve landmarks?", "alexnet", "fc7"),
+    Step("1b", "AlexNet finetuned on landmarks as a classifier (new last layer), fc7",
+         "Does finetuning as a landmark classifier improve the fc7 features?", "alexnet", "fc7", train="classify"),
+    Step("1c", "AlexNet without its FC layers, last max-pooling replaced by GeM (256-d)",
+         "Does pooling the last conv map (GeM) beat the FC layers?", "alexnet", "gem"),
+    Step("1d", "ResNet18 + GeM (512-d)",
+         "Does a deeper, residual backbone give better GeM descriptors?", "resnet18", "gem"),
+    Step("1e", "1d + PCA-whitening learned on the landmarks dataset",
+         "Does PCA-whitening learned on landmark photos help?", "resnet18", "gem", whiten=True, unlabeled_tsne=True),
+    Step("1f", "ResNet18 + GeM + FC, finetuned for retrieval with a triplet loss",
+         "Does training end to end for retrieval (triplet loss) help?", "resnet18", "gem", train="rank",
+         unlabeled_tsne=True, triplets=True),
+    Step("1g", "1f trained with data augmentation",
+         "Does data augmentation during training help?", "resnet18", "gem", train="rank", augment="all"),
+    Step("1h", "1g with multi-resolution descriptors (scales averaged)",
+         "Do multi-resolution descriptors help?", "resnet18", "gem", train="rank", augment="all", multiscale=True),
+    Step("1i", "1h with a ResNet50 backbone",
+         "Does a bigger backbone (ResNet50) help?", "resnet50", "gem", train="rank", augment="all", multiscale=True),
+)
+STEP_BY_ID = {s.id: s for s in STEPS}
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The network a step actually starts from, and why, in words."""
+
+    model: str           # a registered name, e.g. efficientnet_lite0-gem
+    backbone: str
+    intended: str        # what the study asks for, e.g. AlexNet fc7
+    weights: str         # plain words: which weights and, for a stand-in, why
+    standin: bool
+    dim: int             # descriptor size of the network as built (before any training or whitening)
+
+
+def choose_network(cfg: StudyConfig, step: Step, cache: dict[tuple[str, str], Choice]) -> Choice:
+    """The study's network with ImageNet weights if they load, else the stand-in backbone (said in words)."""
+    name = cfg.network_for(step.role)
+    key = (name, step.head)
+    if key not in cache:
+        cache[key] = _choose(cfg, step.role, name, step.head)
+    return cache[key]
+
+
+def _choose(cfg: StudyConfig, role: str, name: str, head: str) -> Choice:
+    wanted = PRETTY.get(name, name)
+    intended = f"{PRETTY[role]} {head}" + (f" (as {name}, from --backbone)" if name != role else "")
+    head_used, fc7_note = _head_for(name, head)
+    try:
+        net = create_model(f"{name}-{head_used}", weights="imagenet")
+        return Choice(net.meta["name"], name, intended,
+                      f"{name} ImageNet weights ({net.meta['provenance']}){fc7_note}", False, net.dim)
+    except DeepretError as exc:
+        reason = "not available offline" if "download" in str(exc) else f"not usable ({exc})"
+        if cfg.standin == name:
+            raise DeepretError(f"the stand-in backbone {name} has no ImageNet weights either: {exc}") from None
+    head_used, fc7_note = _head_for(cfg.standin, head)
+    model = f"{cfg.standin}-{head_used}"
+    net = create_model(model, weights="imagenet")  # fails loudly if the stand-in has no weights either
+    text = f"{cfg.standin} (ImageNet) standing in for {wanted}: {wanted} ImageNet weights {reason}{fc7_note}"
+    return Choice(model, cfg.standin, intended, text, True, net.dim)
+
+
+def _head_for(backbone: str, head: str) -> tuple[str, str]:
+    """fc7 only exists for AlexNet/VGG16; elsewhere the global-average-pooled features (spoc) replace it."""
+    if head == "fc7" and backbone not in FC7_BACKBONES:
+        return "spoc", (f"; {backbone} has no fc7 layer, so its global-average-pooled features "
+                        "(the input of its classifier, head spoc) replace fc7")
+    return head, ""
+
+
+def training_words(step: Step, cfg: StudyConfig, proj: int | None) -> str:
+    """What training a step's network went through, in words (empty for none)."""
+    if step.train == "classify":
+        b = cfg.classify
+        return (f"finetuned as a {cfg.train.name} classifier (new last layer, cross-entropy): "
+                f"{b.epochs} epochs, {b.size}px, lr {b.lr:g}")
+    if step.train == "rank":
+        b = cfg.rank
+        aug = f", augmentation {step.augment}" if step.augment != "none" else ", no augmentation"
+        return (f"finetuned for retrieval on {cfg.train.name} (triplet loss, FC {proj}-d initialised by PCA-whitening"
+                f"{aug}): {b.epochs} epochs x {b.queries} tuples, {b.size}px, lr {b.lr:g}")
+    return ""

@@ -1,0 +1,96 @@
+"""`deepret study`: config loading, the weights policy, and a reduced real run whose report is checked."""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+from deepret.errors import DeepretError
+from deepret.study import StudyConfig, add_arguments, config_from_args, load_config, run_study
+from deepret.study.steps import STEP_BY_ID, choose_network
+
+from conftest import require_data
+
+
+def test_yaml_then_flags_override(tmp_path):
+    path = tmp_path / "study.yaml"
+    path.write_text("dataset: paris6k\nsize: 256\nrank: {epochs: 3, queries: 7}\nsteps: [1a, 1d]\n")
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    cfg = config_from_args(parser.parse_args(["--config", str(path), "--size", "128", "--epochs", "1"]))
+    assert (cfg.dataset, cfg.size, cfg.steps) == ("paris6k", 128, ("1a", "1d"))
+    assert (cfg.rank.epochs, cfg.rank.queries, cfg.classify.epochs) == (1, 7, 1)
+    assert cfg.out == Path("runs/study") and cfg.query == 0
+
+
+def test_bad_config_is_one_clear_error(tmp_path):
+    path = tmp_path / "study.yaml"
+    path.write_text("epoch: 3\n")
+    with pytest.raises(DeepretError, match="unknown key.*epoch"):
+        load_config(path)
+    with pytest.raises(DeepretError, match="unknown study step"):
+        StudyConfig(steps=("1z",))
+
+
+def test_backbone_without_fc7_uses_its_pooled_features_and_says_so():
+    cfg = StudyConfig(backbone="efficientnet_lite0")
+    choice = choose_network(cfg, STEP_BY_ID["1a"], {})
+    assert choice.model == "efficientnet_lite0-spoc" and not choice.standin
+    assert "no fc7 layer" in choice.weights and "global-average-pooled" in choice.weights
+
+
+class _Images(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.srcs: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "img":
+            self.srcs.append(dict(attrs)["src"])
+
+
+def _table_rows(html: str) -> list[list[str]]:
+    body = html.split("<tbody>", 1)[1].split("</tbody>", 1)[0]
+    return [re.findall(r"<td[^>]*>(.*?)</td>", row) for row in re.findall(r"<tr>(.*?)</tr>", body)]
+
+
+def _numbers(results: dict) -> list:
+    return [(r["step"], r["dim"], r["map"], r["query_ap"]) for r in results["steps"]]
+
+
+def test_reduced_study_writes_a_complete_report_and_reruns_from_checkpoints(tmp_path):
+    root = require_data("oxford5k-mini").parent
+    cfg = load_config(None, root=root, train=root / "landmarks-mini", out=tmp_path / "study",
+                      steps=("1a", "1f"), size=128, whiten_size=128, progress=False, classify_epochs=1,
+                      rank_epochs=1, rank_queries=4, rank_size=96, rank_batch_size=2)
+    report = run_study(cfg)
+    html = report.read_text()
+    rows = _table_rows(html)
+    assert [r[0] for r in rows] == ['<a href="#step-1a">1a</a>', '<a href="#step-1f">1f</a>']
+    for row in rows:  # mAP (old protocol) and the query's AP are the last two cells
+        assert all(0.0 <= float(cell) <= 100.0 for cell in row[-2:]), row
+    parser = _Images()
+    parser.feed(html)
+    assert len(parser.srcs) == 2 + 4  # top-k + t-SNE each; 1f also the unlabeled t-SNE and the triplets
+    for src in parser.srcs:
+        assert not src.startswith(("/", "http")) and (report.parent / src).is_file(), src
+    # AlexNet/ResNet weights cannot be had here: the stand-in is said in words, fc7 replacement too
+    assert "standing in for AlexNet: AlexNet ImageNet weights not available offline" in html
+    assert "standing in for ResNet18" in html and "no fc7 layer" in html
+
+    results = json.loads((cfg.out / "results.json").read_text())
+    assert results["steps"][1]["dim"] < 1280  # the FC projection is capped by the 23 training images
+    checkpoints = sorted((cfg.out / "checkpoints").rglob("*.pt"))
+    assert checkpoints
+    mtimes = {p: p.stat().st_mtime_ns for p in checkpoints}
+
+    run_study(cfg)
+    again = json.loads((cfg.out / "results.json").read_text())
+    assert _numbers(again) == _numbers(results)
+    assert all(r["checkpoint_reused"] for r in again["steps"] if r["checkpoint"])
+    assert {p: p.stat().st_mtime_ns for p in checkpoints} == mtimes
+    assert sorted((cfg.out / "checkpoints").rglob("*.pt")) == checkpoints
