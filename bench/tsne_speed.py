@@ -1,20 +1,24 @@
-"""t-SNE speed: scikit-learn's Barnes-Hut TSNE against openTSNE (FFT and Barnes-Hut), same data.
+"""t-SNE speed: scikit-learn's Barnes-Hut TSNE, deepret's embed_tsne and openTSNE, same data.
 
-    python bench/tsne_speed.py --sizes 1000,5063,6392 --repeat 2,1,1
+    python bench/tsne_speed.py --sizes 1000,5063,6392 --repeat 2,1,1 \
+        --only sklearn,deepret,opentsne-fft-1thread,opentsne-bh-1thread
+    python bench/tsne_speed.py --sizes 1000,5063,6392 --repeat 2,1,1   # the four defaults below
+    python bench/tsne_speed.py --sizes 100,500,1000,1500 --repeat 2,1,1,1 --only sklearn,sklearn-exact,deepret
 
 Stand-in for CNN descriptors: N points of a mixture of 40 Gaussians in 1280-d (70% of the points)
 plus 30% diffuse background, rows L2-normalised, float32, then PCA to 50 dims (timed apart, it is
-the same for all). In the same process, per size, interleaved, each with --jobs threads, seed 0:
-  sklearn        sklearn.manifold.TSNE(init="pca", learning_rate="auto"), Barnes-Hut, 1000 iter;
-  sklearn-750    the same with max_iter=750 (openTSNE's 250 early-exaggeration + 500 iterations);
-  opentsne-fft   openTSNE.TSNE(negative_gradient_method="fft", neighbors="exact"), 750 iter;
-  opentsne-bh    openTSNE.TSNE(negative_gradient_method="bh", neighbors="exact"), 750 iter;
-and on request (--only), for small N:
-  sklearn-exact  sklearn's TSNE(method="exact"), 1000 iter (dense N x N affinities);
-  deepret        deepret.viz.tsne.embed_tsne: exact up to EXACT_MAX points, else sklearn's Barnes-Hut.
-openTSNE is not a deepret dependency: `pip install openTSNE` for its rows. Small sizes:
-
-    python bench/tsne_speed.py --sizes 100,500,1000,2000 --repeat 2,1,1,1 --only sklearn,sklearn-exact,deepret
+the same for all). In the same process, per size, interleaved, seed 0, --jobs threads (default:
+all cores) unless the name says 1thread:
+  sklearn          sklearn.manifold.TSNE(init="pca", learning_rate="auto"), Barnes-Hut, 1000 iter;
+  sklearn-750      the same with max_iter=750 (openTSNE's 250 early-exaggeration + 500 iterations);
+  opentsne-fft     openTSNE.TSNE(negative_gradient_method="fft", neighbors="exact"), 750 iter;
+  opentsne-bh      openTSNE.TSNE(negative_gradient_method="bh", neighbors="exact"), 750 iter;
+  sklearn-1thread  "sklearn" inside threadpoolctl.threadpool_limits(1, "openmp"), n_jobs=1;
+  opentsne-fft-1thread, opentsne-bh-1thread   the openTSNE ones likewise on 1 OpenMP thread;
+  sklearn-exact    TSNE(method="exact"), 1000 iter (dense N x N affinities: small N only);
+  deepret          deepret.viz.tsne.embed_tsne with its defaults (sklearn's Barnes-Hut, 1000
+                   iter, 1 OpenMP thread, jittered PCA start).
+openTSNE is not a deepret dependency: `pip install openTSNE` for its rows.
 
 Time: best of --repeat (one count per size) in wall-clock seconds, and the CPU seconds of the
 process (all threads) in that run: on a loaded machine the wall time also counts the waits for a
@@ -63,7 +67,7 @@ def run_exact(z: np.ndarray, jobs: int) -> tuple[np.ndarray, float]:
 def run_deepret(z: np.ndarray, jobs: int) -> tuple[np.ndarray, float]:
     from deepret.viz.tsne import embed_tsne
 
-    return embed_tsne(z, seed=0, n_jobs=jobs), float("nan")
+    return embed_tsne(z, seed=0), float("nan")  # its default threads (1), whatever --jobs says
 
 
 def run_opentsne(z: np.ndarray, jobs: int, method: str) -> tuple[np.ndarray, float]:
@@ -84,13 +88,26 @@ def quality(z: np.ndarray, y: np.ndarray, labels: np.ndarray, k: int = 10) -> tu
     return acc, kept
 
 
+def one_thread(fn):
+    """fn run with OpenMP limited to 1 thread (no busy-waiting second thread)."""
+    def run(z: np.ndarray, jobs: int) -> tuple[np.ndarray, float]:
+        from threadpoolctl import threadpool_limits
+
+        with threadpool_limits(1, user_api="openmp"):
+            return fn(z, 1)
+    return run
+
+
 CANDIDATES = {
     "sklearn": lambda z, j: run_sklearn(z, j),
     "sklearn-750": lambda z, j: run_sklearn(z, j, max_iter=750),
+    "sklearn-1thread": one_thread(run_sklearn),
     "sklearn-exact": run_exact,
     "deepret": run_deepret,
     "opentsne-fft": lambda z, j: run_opentsne(z, j, "fft"),
     "opentsne-bh": lambda z, j: run_opentsne(z, j, "bh"),
+    "opentsne-fft-1thread": one_thread(lambda z, j: run_opentsne(z, j, "fft")),
+    "opentsne-bh-1thread": one_thread(lambda z, j: run_opentsne(z, j, "bh")),
 }
 
 

@@ -119,3 +119,11 @@ def test_bad_scales_are_rejected_by_the_parser(capsys, data_root):
     with pytest.raises(SystemExit) as exc:
         main(["eval", "--dataset", "oxford5k-mini", "--root", str(data_root), "--scales", "1,x"])
     assert exc.value.code == 2
+
+
+def test_tsne_and_triplets_commands(capsys, data_root, tmp_path):
+    code, _, err = run(capsys, "tsne", "--dataset", "oxford5k-mini", "--root", str(data_root), *FAST,
+                       "--unlabeled", "--out", str(tmp_path / "tsne.png"))
+    assert code == 0 and (tmp_path / "tsne.png").is_file(), err
+    assert "tuples.jsonl" in _one_line_error(capsys, "triplets", "--run", str(tmp_path / "no-run"),
+                                              "--out", str(tmp_path / "t.png"))

@@ -99,15 +99,6 @@ def test_embed_tsne_deterministic_and_keeps_clusters():
     assert (y[knn] == y[:, None]).mean() > 0.95
 
 
-def test_embed_tsne_barnes_hut_path_deterministic(monkeypatch):
-    import deepret.viz.tsne as tsne
-
-    monkeypatch.setattr(tsne, "EXACT_MAX", 10)  # above it: Barnes-Hut
-    x, _ = blobs(n_per=10)
-    a = embed_tsne(x, seed=3, max_iter=250)
-    assert a.shape == (30, 2) and np.array_equal(a, embed_tsne(x, seed=3, max_iter=250))
-
-
 def test_embed_tsne_small_and_bad_inputs():
     x, _ = blobs(n_per=2, dim=8)
     assert embed_tsne(x[:5], perplexity=30).shape == (5, 2)  # perplexity lowered below N

@@ -80,6 +80,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=None)
     p.add_argument("--out", required=True, type=Path, help="checkpoint to write")
 
+    p = sub.add_parser("tsne", help="2-D t-SNE of a benchmark's database descriptors, coloured by landmark")
+    _add_model_options(p)
+    _add_benchmark_options(p)
+    p.add_argument("--unlabeled", action="store_true", help="also draw images of no landmark, in grey")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, required=True, help="PNG file to write")
+
+    p = sub.add_parser("triplets", help="draw the training tuples mined by `deepret train rank`")
+    p.add_argument("--run", type=Path, required=True, help="a `train rank` run folder (holds tuples.jsonl)")
+    p.add_argument("--epoch", type=int, default=None, help="default: the last epoch")
+    p.add_argument("--n", type=int, default=4, help="tuples to draw")
+    p.add_argument("--out", type=Path, required=True, help="PNG file to write")
+
+    from deepret.study.config import add_arguments as add_study_arguments
+
+    p = sub.add_parser("study", help="compare the nine representations (1a-1i) on a benchmark, write report.html")
+    add_study_arguments(p)
+
     p = sub.add_parser("download", help="download a benchmark's images and ground truth")
     p.add_argument("name", help="oxford5k, paris6k, roxford5k or rparis6k")
     p.add_argument("--root", required=True, type=Path)
@@ -267,8 +285,34 @@ def _cmd_whiten(args) -> int:
     return 0
 
 
+def _cmd_tsne(args) -> int:
+    from deepret.viz.tsne import tsne_plot
+
+    bench, features = _benchmark_run(args)
+    tsne_plot(features, bench, args.out, seed=args.seed, unlabeled=args.unlabeled)
+    print(f"wrote {args.out}")
+    return 0
+
+
+def _cmd_triplets(args) -> int:
+    from deepret.viz.triplets import triplets_figure
+
+    triplets_figure(args.run / "tuples.jsonl", args.out, epoch=args.epoch, n=args.n)
+    print(f"wrote {args.out}")
+    return 0
+
+
+def _cmd_study(args) -> int:
+    from deepret.study import config_from_args, run_study
+
+    report = run_study(config_from_args(args))
+    print(f"wrote {report} (and results.json beside it)")
+    return 0
+
+
 COMMANDS = {"models": _cmd_models, "extract": _cmd_extract, "eval": _cmd_eval, "search": _cmd_search,
-            "download": _cmd_download, "convert-gt": _cmd_convert_gt, "train": _cmd_train, "whiten": _cmd_whiten}
+            "download": _cmd_download, "convert-gt": _cmd_convert_gt, "train": _cmd_train, "whiten": _cmd_whiten,
+            "study": _cmd_study, "tsne": _cmd_tsne, "triplets": _cmd_triplets}
 
 
 if __name__ == "__main__":

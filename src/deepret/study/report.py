@@ -79,7 +79,8 @@ def render(results: dict[str, Any]) -> str:
 <body><h1>{escape(title)}</h1>
 <p>Query {results['query']} ({escape(results['query_name'])}) is the one shown in each step's top-k figure.
 Where the study's network has no ImageNet weights on this machine, the column "weights actually used" says
-which network stands in for it and why (highlighted). mAP and AP are in %. Wall time: {results['wall_s']} s.</p>
+which network stands in for it and why (highlighted). mAP and AP are in %. This run took {results['wall_s']} s (checkpoints and features
+from earlier runs with the same settings are reused).</p>
 {_table(results)}
 {''.join(_section(r) for r in results['steps'])}
 <section id="config"><h2>Command and configuration</h2>

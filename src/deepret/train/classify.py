@@ -76,7 +76,7 @@ def train_classify(data: LabelledImages, model: str, cfg: TrainConfig, weights: 
     images = TrainImages(train.paths, train_transform(cfg.size, mean, std, AugmentConfig.parse(cfg.augment)))
     labels = torch.tensor(train.labels)
     sampler = DistributedSampler(images, seed=cfg.seed) if run.world > 1 else None
-    model_ = DistributedDataParallel(clf) if run.world > 1 else clf
+    model_ = DistributedDataParallel(clf, find_unused_parameters=True) if run.world > 1 else clf
     for epoch in range(run.start_epoch, cfg.epochs):
         if sampler is not None:
             sampler.set_epoch(epoch)

@@ -96,7 +96,7 @@ def train_rank(data: LabelledImages, model: str, cfg: TrainConfig, weights: str 
     mean, std = net.meta["input"]["mean"], net.meta["input"]["std"]
     augment = AugmentConfig.parse(cfg.augment)
     loss_fn = LOSSES[loss]
-    model_ = DistributedDataParallel(net) if run.world > 1 else net
+    model_ = DistributedDataParallel(net, find_unused_parameters=True) if run.world > 1 else net
 
     def describe(indices: list[int]) -> np.ndarray:
         return extract(net, [data.paths[i] for i in indices], settings=ExtractSettings(size=cfg.size),

@@ -19,7 +19,6 @@ from deepret.features import Features, atomic_write_bytes
 
 UNLABELED_COLOUR = (0.65, 0.65, 0.65)
 DPI = 100
-EXACT_MAX = 1000  # up to this many points exact t-SNE, above it Barnes-Hut (see docs/benchmarks.md)
 # The official gnd pickles have no 'query' names and their query images are often named after no
 # landmark ("oxford_002985", "paris_general_..."): their first 55 queries are 5 per landmark, in order.
 OFFICIAL_LANDMARKS = {
@@ -69,8 +68,10 @@ def image_landmarks(bench: Benchmark) -> list[str | None]:
 
 def embed_tsne(X: np.ndarray, seed: int = 0, perplexity: float = 30.0, pca_dims: int = 50,
                max_iter: int = 1000, n_jobs: int | None = None) -> np.ndarray:
-    """2-D t-SNE of the rows of X (N, D) with scikit-learn's TSNE (learning rate N/12): exact up to
-    EXACT_MAX points, Barnes-Hut above (bench/tsne_speed.py: exact is faster there on 2 cores).
+    """2-D t-SNE of the rows of X (N, D): scikit-learn's Barnes-Hut TSNE (learning rate N/12).
+
+    It runs with `n_jobs` OpenMP threads, default 1: on a shared 2-core machine libgomp's busy
+    waiting made 2 threads several times slower than 1 (docs/benchmarks.md, "t-SNE").
 
     X is reduced by PCA to `pca_dims` first when wider. The start is the first two principal
     components, scaled to std 1e-4, jittered by 1% with `seed`: the same seed gives the same
@@ -86,6 +87,7 @@ def embed_tsne(X: np.ndarray, seed: int = 0, perplexity: float = 30.0, pca_dims:
         return np.array([[0.0, 0.0], [1.0, 0.0]][:n], dtype=np.float32).reshape(n, 2)
     from sklearn.decomposition import PCA
     from sklearn.manifold import TSNE
+    from threadpoolctl import threadpool_limits
 
     k = min(max(pca_dims, 2), n, X.shape[1])
     Z = PCA(k, random_state=seed).fit_transform(X).astype(np.float32)
@@ -95,10 +97,11 @@ def embed_tsne(X: np.ndarray, seed: int = 0, perplexity: float = 30.0, pca_dims:
     init = init / max(float(init[:, 0].std()), 1e-12) * 1e-4
     init = init + np.random.default_rng(seed).normal(0.0, 1e-6, init.shape)
     perplexity = float(min(perplexity, max(1.0, (n - 1) / 3)))
+    threads = max(1, n_jobs or 1)
     tsne = TSNE(2, perplexity=perplexity, init=init.astype(np.float32), learning_rate="auto",
-                method="exact" if n <= EXACT_MAX else "barnes_hut",
-                max_iter=max_iter, random_state=seed, n_jobs=n_jobs or os.cpu_count() or 1)
-    return tsne.fit_transform(X).astype(np.float32)
+                max_iter=max_iter, random_state=seed, n_jobs=threads)
+    with threadpool_limits(threads, user_api="openmp"):  # n_jobs alone leaves other loops at all cores
+        return tsne.fit_transform(X).astype(np.float32)
 
 
 def palette(n: int) -> list[tuple[float, float, float]]:
