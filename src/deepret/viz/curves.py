@@ -1,14 +1,13 @@
 """The loss curve of a training run, drawn from its JSON-lines log."""
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from deepret.features import atomic_write_bytes
+from deepret.viz.png import save_png
 
 
 def loss_curve(log_path: str | Path, out_path: str | Path) -> Path:
@@ -38,8 +37,4 @@ def loss_curve(log_path: str | Path, out_path: str | Path) -> Path:
         ax2.legend(loc="upper right")
     ax.legend(loc="upper left")
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    out_path = Path(out_path)
-    atomic_write_bytes(out_path, buf.getvalue())
-    return out_path
+    return save_png(fig, out_path)

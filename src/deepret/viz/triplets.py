@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import os
 from pathlib import Path
@@ -12,7 +11,7 @@ from matplotlib.figure import Figure
 from PIL import Image, ImageOps
 
 from deepret.errors import DeepretError
-from deepret.features import atomic_write_bytes
+from deepret.viz.png import save_png
 from deepret.viz.topk import BORDER_COLOURS, _load
 
 DPI = 100
@@ -120,9 +119,4 @@ def triplets_figure(tuples_jsonl: str | os.PathLike, out_path: str | os.PathLike
     title = f"{src.parent.name or src.name}: epoch {epoch}, {len(chosen)} of {total} tuples"
     fig.text(0.5, 1 - (TITLE_PX / 2) / height, title, ha="center", va="center", fontsize=12)
 
-    out = Path(out_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=DPI, facecolor="white")
-    atomic_write_bytes(out, buf.getvalue())
-    return out
+    return save_png(fig, out_path, dpi=DPI)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import os
 from collections import Counter
 from collections.abc import Sequence
@@ -15,7 +14,8 @@ from matplotlib.figure import Figure
 
 from deepret.datasets import Benchmark
 from deepret.errors import DeepretError
-from deepret.features import Features, atomic_write_bytes
+from deepret.features import Features
+from deepret.viz.png import save_png
 
 UNLABELED_COLOUR = (0.65, 0.65, 0.65)
 DPI = 100
@@ -149,12 +149,7 @@ def tsne_figure(points_2d: np.ndarray, labels: Sequence[str | None], out_path: s
         fig.legend(handles, names, loc="center left", bbox_to_anchor=(0.73, 0.5), frameon=False,
                    markerscale=1.6, fontsize=10)
     fig.suptitle(title, fontsize=13)
-    out = Path(out_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=DPI, facecolor="white")
-    atomic_write_bytes(out, buf.getvalue())
-    return out
+    return save_png(fig, out_path, dpi=DPI)
 
 
 def tsne_plot(features: Features, bench: Benchmark, out_path: str | os.PathLike, seed: int = 0,
