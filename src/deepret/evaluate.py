@@ -122,6 +122,16 @@ def protocol_gnd(gnd: Sequence[dict], protocol: str) -> list[dict]:
     return [{"ok": union(e, pos_keys), "junk": union(e, junk_keys)} for e in gnd]
 
 
+def default_protocol(gnd_entry: dict) -> str:
+    """'old' for ok/junk ground truth, 'medium' (easy+hard positive) for revisited."""
+    return "old" if protocols_of([gnd_entry]) == ["old"] else "medium"
+
+
+def positives_of(gnd_entry: dict) -> set[int]:
+    """Database indices positive for one query under its default protocol."""
+    return set(protocol_gnd([gnd_entry], default_protocol(gnd_entry))[0]["ok"].tolist())
+
+
 def label_results(
     ranked_db_indices: Sequence[int], gnd_entry: dict, protocol: str | None = None
 ) -> list[str]:
@@ -129,9 +139,7 @@ def label_results(
 
     Default protocol: "old" for ok/junk ground truth, "medium" (easy+hard positive) for revisited.
     """
-    if protocol is None:
-        protocol = "old" if protocols_of([gnd_entry]) == ["old"] else "medium"
-    entry = protocol_gnd([gnd_entry], protocol)[0]
+    entry = protocol_gnd([gnd_entry], protocol or default_protocol(gnd_entry))[0]
     positives, junk = set(entry["ok"].tolist()), set(entry["junk"].tolist())
     return [
         "positive" if i in positives else "junk" if i in junk else "negative"

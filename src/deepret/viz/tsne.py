@@ -14,6 +14,7 @@ from matplotlib.figure import Figure
 
 from deepret.datasets import Benchmark
 from deepret.errors import DeepretError
+from deepret.evaluate import positives_of
 from deepret.features import Features
 from deepret.viz.png import save_png
 
@@ -30,8 +31,7 @@ OFFICIAL_LANDMARKS = {
 
 
 def _positives(bench: Benchmark, q: int) -> set[int]:
-    keys = ("ok",) if "ok" in bench.gnd[q] else ("easy", "hard")
-    return {int(i) for k in keys for i in np.atleast_1d(bench.gnd[q][k])}
+    return positives_of(bench.gnd[q])
 
 
 def query_landmarks(bench: Benchmark) -> list[str]:
