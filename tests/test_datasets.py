@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import pickle
+import re
 from pathlib import Path
 
 import pytest
@@ -61,7 +62,11 @@ def test_revisited_protocols_and_landmark_from_name(data: Path, tmp_path: Path) 
     b = load_benchmark("roxford5k", tmp_path, check_images=False)
     assert b.protocols == ["easy", "medium", "hard"]
     assert (len(b.imlist), len(b.qimlist)) == (4993, 70)
-    assert b.landmark_of_query(0) == "all_souls"  # no 'query' key: from "all_souls_000013"
+    assert b.landmark_of_query(0) == "all_souls"
+    # official pickles: no 'query' key and query images named after no landmark ("oxford_...")
+    assert re.match(r"oxford_\d+$", b.qimlist[2]) and b.landmark_of_query(2) == "all_souls"
+    assert b.landmark_of_query(54) == "radcliffe_camera"
+    assert b.positives(0) == {int(i) for k in ("easy", "hard") for i in b.gnd[0][k]}
     assert b.query_path(69) == folder / "jpg" / f"{b.qimlist[69]}.jpg"
     with pytest.raises(DeepretError, match=r"roxford5k/jpg/.*\.jpg"):
         load_benchmark("roxford5k", tmp_path, check_images=True)

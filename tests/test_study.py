@@ -27,6 +27,16 @@ def test_yaml_then_flags_override(tmp_path):
     assert cfg.out == Path("runs/study") and cfg.query == 0
 
 
+def test_shipped_configs_load():
+    repo = Path(__file__).resolve().parents[1]
+    offline = load_config(repo / "study.yaml")
+    assert offline == StudyConfig()  # study.yaml spells out the defaults
+    gpu = load_config(repo / "study-gpu.yaml")
+    assert (gpu.dataset, gpu.device, gpu.size, gpu.steps) == ("oxford5k", "cuda", 1024, StudyConfig().steps)
+    assert (gpu.network_for("alexnet"), gpu.network_for("resnet50"), gpu.backbone) == ("alexnet", "resnet50", None)
+    assert gpu.rank.epochs > offline.rank.epochs and gpu.classify.batch_size > offline.classify.batch_size
+
+
 def test_bad_config_is_one_clear_error(tmp_path):
     path = tmp_path / "study.yaml"
     path.write_text("epoch: 3\n")

@@ -10,7 +10,7 @@ from PIL import Image
 from deepret.datasets import load_benchmark
 from deepret.errors import DeepretError
 from deepret.features import Features
-from deepret.viz.tsne import (UNLABELED_COLOUR, embed_tsne, image_landmarks, palette, query_landmarks,
+from deepret.viz.tsne import (UNLABELED_COLOUR, embed_tsne, image_landmarks, palette,
                               tsne_figure, tsne_plot)
 
 from conftest import require_data
@@ -68,7 +68,7 @@ def test_image_landmarks_roxford5k_easy_and_hard(tmp_path):
     assert only_junk and all(labels[i] is None for i in only_junk)
     # query images named "oxford_..." or after a neighbour get their landmark's name
     assert set(labels) - {None} == OXFORD
-    queries = query_landmarks(bench)
+    queries = bench.query_landmarks
     assert queries[2] == "all_souls" and queries[54] == "radcliffe_camera"
     assert queries[55:] == [x for x in ("all_souls", "ashmolean", "christ_church", "hertford",
                                         "radcliffe_camera") for _ in range(3)]

@@ -127,11 +127,6 @@ def default_protocol(gnd_entry: dict) -> str:
     return "old" if protocols_of([gnd_entry]) == ["old"] else "medium"
 
 
-def positives_of(gnd_entry: dict) -> set[int]:
-    """Database indices positive for one query under its default protocol."""
-    return set(protocol_gnd([gnd_entry], default_protocol(gnd_entry))[0]["ok"].tolist())
-
-
 def label_results(
     ranked_db_indices: Sequence[int], gnd_entry: dict, protocol: str | None = None
 ) -> list[str]:

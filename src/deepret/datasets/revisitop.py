@@ -5,7 +5,10 @@ from __future__ import annotations
 import pickle
 import re
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
+
+import numpy as np
 
 from deepret.errors import DeepretError
 
@@ -13,6 +16,14 @@ from .sources import BUILTIN_DATASETS
 
 OLD_KEYS = ("ok", "junk")
 REVISITED_KEYS = ("easy", "hard", "junk")
+# The official gnd pickles have no 'query' names and many query images are named after no landmark
+# ("oxford_002985", "paris_general_..."): their first 55 queries are 5 per landmark, in this order.
+OFFICIAL_LANDMARKS = {
+    "all_souls_000013": ["all_souls", "ashmolean", "balliol", "bodleian", "christ_church", "cornmarket",
+                         "hertford", "keble", "magdalen", "pitt_rivers", "radcliffe_camera"],
+    "paris_defense_000605": ["defense", "eiffel", "invalides", "louvre", "moulinrouge", "museedorsay",
+                             "notredame", "pantheon", "pompidou", "sacrecoeur", "triomphe"],
+}
 
 
 @dataclass
@@ -57,11 +68,34 @@ class Benchmark:
         """["old"] for ok/junk ground truth, else the revisited ["easy", "medium", "hard"]."""
         return ["old"] if "ok" in self.gnd[0] else ["easy", "medium", "hard"]
 
-    def landmark_of_query(self, q: int) -> str:
-        """Landmark name of query q: gnd 'query' or image name without its trailing _digits."""
+    def positives(self, q: int) -> set[int]:
+        """Database indices positive for query q: 'ok' (old protocol) or 'easy' + 'hard' (revisited)."""
         self.check_query(q)
-        label = self.gnd[q].get("query") or self.qimlist[q]
-        return re.sub(r"_\d+$", "", label)
+        keys = ("ok",) if "ok" in self.gnd[q] else ("easy", "hard")
+        return {int(i) for k in keys for i in np.asarray(self.gnd[q][k]).ravel()}
+
+    def landmark_of_query(self, q: int) -> str:
+        """Landmark name of query q (see `query_landmarks`)."""
+        self.check_query(q)
+        return self.query_landmarks[q]
+
+    @cached_property
+    def query_landmarks(self) -> list[str]:
+        """Landmark of every query: the gnd 'query' name or the image name without its trailing
+        _digits; for the official Oxford/Paris pickles (first query all_souls_000013 /
+        paris_defense_000605, no 'query' key) queries 0-54 are 5 per landmark and each later
+        (revisited) query takes the landmark of the original query it shares most positives with."""
+        names = OFFICIAL_LANDMARKS.get(self.qimlist[0])
+        if names is None or "query" in self.gnd[0] or len(self.qimlist) < 5 * len(names):
+            return [re.sub(r"_\d+$", "", self.gnd[q].get("query") or self.qimlist[q])
+                    for q in range(len(self.qimlist))]
+        n0 = 5 * len(names)
+        out = [names[q // 5] for q in range(n0)]
+        original = [self.positives(q) for q in range(n0)]
+        for q in range(n0, len(self.qimlist)):
+            pos = self.positives(q)
+            out.append(out[max(range(n0), key=lambda r: len(pos & original[r]))])
+        return out
 
     def check_query(self, q: int) -> None:
         """Raise DeepretError unless q is a valid query index."""

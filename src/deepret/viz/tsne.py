@@ -14,41 +14,11 @@ from matplotlib.figure import Figure
 
 from deepret.datasets import Benchmark
 from deepret.errors import DeepretError
-from deepret.evaluate import positives_of
 from deepret.features import Features
 from deepret.viz.png import save_png
 
 UNLABELED_COLOUR = (0.65, 0.65, 0.65)
 DPI = 100
-# The official gnd pickles have no 'query' names and their query images are often named after no
-# landmark ("oxford_002985", "paris_general_..."): their first 55 queries are 5 per landmark, in order.
-OFFICIAL_LANDMARKS = {
-    "all_souls_000013": ["all_souls", "ashmolean", "balliol", "bodleian", "christ_church", "cornmarket",
-                         "hertford", "keble", "magdalen", "pitt_rivers", "radcliffe_camera"],
-    "paris_defense_000605": ["defense", "eiffel", "invalides", "louvre", "moulinrouge", "museedorsay",
-                             "notredame", "pantheon", "pompidou", "sacrecoeur", "triomphe"],
-}
-
-
-def _positives(bench: Benchmark, q: int) -> set[int]:
-    return positives_of(bench.gnd[q])
-
-
-def query_landmarks(bench: Benchmark) -> list[str]:
-    """Landmark of every query: `bench.landmark_of_query`, except for the official Oxford/Paris
-    pickles (first query all_souls_000013 / paris_defense_000605, no 'query' key), where queries
-    0-54 are 5 per landmark and each later (revisited) query takes the landmark of the original
-    query it shares most positives with."""
-    names = OFFICIAL_LANDMARKS.get(bench.qimlist[0] if bench.qimlist else "")
-    if names is None or "query" in bench.gnd[0] or len(bench.qimlist) < 5 * len(names):
-        return [bench.landmark_of_query(q) for q in range(len(bench.qimlist))]
-    n0 = 5 * len(names)
-    out = [names[q // 5] for q in range(n0)]
-    original = [_positives(bench, q) for q in range(n0)]
-    for q in range(n0, len(bench.qimlist)):
-        pos = _positives(bench, q)
-        out.append(out[max(range(n0), key=lambda r: len(pos & original[r]))])
-    return out
 
 
 def image_landmarks(bench: Benchmark) -> list[str | None]:
@@ -57,8 +27,8 @@ def image_landmarks(bench: Benchmark) -> list[str | None]:
     positive for queries of several landmarks takes the one with the most such queries (ties: the
     alphabetically first)."""
     votes: list[Counter] = [Counter() for _ in bench.imlist]
-    for q, landmark in enumerate(query_landmarks(bench)):
-        for i in _positives(bench, q):
+    for q, landmark in enumerate(bench.query_landmarks):
+        for i in bench.positives(q):
             if not 0 <= i < len(votes):
                 raise DeepretError(f"gnd of {bench.name}: query {q} lists image index {i}, but the database "
                                    f"has {len(votes)} images; replace the gnd pickle")
