@@ -218,3 +218,23 @@ def test_torchrun_two_processes_on_the_cpu(tmp_path):
     assert [r["step"] for r in records if "loss" in r] == [1, 2, 3]
     assert result.stdout.count("wrote ") == 1
     assert deepret.load(out / "last.pt").dim == 1280
+
+
+def test_torchrun_ranks_skip_a_corrupt_batch_together(tmp_path):
+    """A batch that one rank cannot decode is skipped by both: neither waits for the other."""
+    import subprocess
+    import sys
+
+    data = tmp_path / "data"
+    shutil.copytree(require_data("landmarks-mini"), data, ignore=shutil.ignore_patterns("*.md"))
+    (data / "london_bridge" / "zz_broken.jpg").write_bytes(b"\xff\xd8 not a photo")
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "deepret", "train",
+           "classify", "--data", str(data), "--out", str(out), "--epochs", "1", "--size", "32",
+           "--batch-size", "1", "--quiet"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "zz_broken.jpg" in result.stdout
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    # 24 images, 12 per rank, 1 per batch: the step holding the broken image is skipped on both ranks
+    assert [r["step"] for r in records if "loss" in r] == list(range(1, 12))

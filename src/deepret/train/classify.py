@@ -88,7 +88,7 @@ def train_classify(data: LabelledImages, model: str, cfg: TrainConfig, weights: 
         bar = tqdm(loader, desc=f"classify epoch {epoch + 1}/{cfg.epochs}", disable=not (cfg.progress and run.is_main))
         for idx, x, errors in bar:
             run.report_skipped(errors)
-            if x is None:
+            if not run.all_usable(x is not None):
                 continue
             loss = F.cross_entropy(model_(x.to(device)), labels[idx].to(device))
             losses.append(run.optimise(opt, loss, bar, epoch, sched.get_last_lr()[0]))

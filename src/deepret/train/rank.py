@@ -118,6 +118,7 @@ def train_rank(data: LabelledImages, model: str, cfg: TrainConfig, weights: str 
         for b, x in bar:
             if isinstance(x, list):
                 run.report_skipped(x)
+            if not run.all_usable(not isinstance(x, list)):
                 continue
             out = model_(x.to(device)).view(len(batches[b]), -1, net.dim)
             losses.append(run.optimise(opt, loss_fn(out, margin), bar, epoch, sched.get_last_lr()[0], size=sizes[b]))

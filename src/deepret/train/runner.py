@@ -123,6 +123,15 @@ class Run:
         self.log(epoch=epoch + 1, step=self.step, loss=value, lr=lr, **record)
         return value
 
+    def all_usable(self, usable: bool) -> bool:
+        """Whether every rank has a usable batch at this step. Under DDP the ranks skip a step
+        together: a rank skipping alone would leave the others waiting in the gradient all-reduce."""
+        if self.world == 1:
+            return usable
+        flag = torch.tensor([int(usable)], device="cuda" if dist.get_backend() == "nccl" else "cpu")
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+        return bool(flag.item())
+
     def report_skipped(self, errors: list[str]) -> None:
         """Corrupt images: reported once each, training goes on."""
         for e in errors:
