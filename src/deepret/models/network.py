@@ -29,11 +29,14 @@ class RetrievalNet(nn.Module):
         super().__init__()
         self.trunk = trunk
         self.pool = pool
-        self.whiten: nn.Linear | None = None
         self.meta = meta
-        if meta.get("whitening"):
-            w = meta["whitening"]
-            self.whiten = nn.Linear(w["dim_in"], w["dim_out"], bias=True)
+        self.whiten: nn.Linear | None = None
+        self.whitening_from_meta()
+
+    def whitening_from_meta(self) -> None:
+        """(Re)create the whitening layer that meta["whitening"] describes (untrained), or none."""
+        w = self.meta.get("whitening")
+        self.whiten = nn.Linear(w["dim_in"], w["dim_out"], bias=True) if w else None
 
     @property
     def dim(self) -> int:
@@ -144,9 +147,7 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> Retrieva
     net = create_model(meta["name"], weights="random", p=gem_cfg.get("p", 3.0),
                        learn_p=gem_cfg.get("learn_p", False), per_channel_p=gem_cfg.get("per_channel", False))
     net.meta = copy.deepcopy(meta)
-    if meta.get("whitening"):
-        w = meta["whitening"]
-        net.whiten = nn.Linear(w["dim_in"], w["dim_out"], bias=True)
+    net.whitening_from_meta()
     net.load_state_dict(state)
     net.meta["checkpoint"] = str(path)
     return net.eval()
