@@ -8,9 +8,8 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
-import numpy as np
-
 from deepret.errors import DeepretError
+from deepret.evaluate import default_protocol, protocol_gnd
 
 from .sources import BUILTIN_DATASETS
 
@@ -69,10 +68,11 @@ class Benchmark:
         return ["old"] if "ok" in self.gnd[0] else ["easy", "medium", "hard"]
 
     def positives(self, q: int) -> set[int]:
-        """Database indices positive for query q: 'ok' (old protocol) or 'easy' + 'hard' (revisited)."""
+        """Database indices positive for query q under its default protocol: 'ok' (old) or
+        'easy' + 'hard' (revisited, Medium)."""
         self.check_query(q)
-        keys = ("ok",) if "ok" in self.gnd[q] else ("easy", "hard")
-        return {int(i) for k in keys for i in np.asarray(self.gnd[q][k]).ravel()}
+        entry = self.gnd[q]
+        return set(protocol_gnd([entry], default_protocol(entry))[0]["ok"].tolist())
 
     def landmark_of_query(self, q: int) -> str:
         """Landmark name of query q (see `query_landmarks`)."""

@@ -97,9 +97,8 @@ def _rank(step: Step, choice: Choice, cfg: StudyConfig, data: LabelledImages, ck
 
 
 def _whiten(choice: Choice, cfg: StudyConfig, data: LabelledImages, ckpts: Path) -> Built:
-    net = create_model(choice.model, weights="imagenet")
-    dim = min(net.dim, len(data) - 1)
-    notes = () if dim == net.dim else (
+    dim = min(choice.dim, len(data) - 1)
+    notes = () if dim == choice.dim else (
         f"PCA-whitening to {dim}-d: {len(data)} training images give at most {len(data) - 1} dimensions "
         f"(shrinkage {cfg.whiten_shrinkage:g} x the mean eigenvalue)",)
     recipe = {"mode": "pca", "model": choice.model, "dim": dim, "shrinkage": cfg.whiten_shrinkage,
@@ -107,6 +106,7 @@ def _whiten(choice: Choice, cfg: StudyConfig, data: LabelledImages, ckpts: Path)
     path = ckpts / f"whiten-{choice.model}-{recipe_hash(recipe)}.pt"
     if path.is_file():
         return Built(load(path), path, None, True, None, notes)
+    net = create_model(choice.model, weights="imagenet")
     learn_whitening(net, data, "pca", dim, cfg.whiten_size, cfg.whiten_shrinkage, cfg.device, cfg.workers,
                     progress=cfg.progress)
     save(net, path)

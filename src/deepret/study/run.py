@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from deepret.datasets import load_benchmark, load_labelled
+from deepret.evaluate import default_protocol
 from deepret.extract import ExtractSettings
 from deepret.features import atomic_write_bytes
 from deepret.pipeline import RunOptions, benchmark_features, draw_topk, evaluate_features
@@ -70,7 +71,7 @@ def _run_step(step: Step, cfg: StudyConfig, bench, data, choices: dict, seen: di
         notes.append(f"same network and settings as {seen[key]} (the same backbone stands in for both), "
                      "hence the same numbers")
     seen.setdefault(key, step.id)
-    protocol = "medium" if "medium" in results else next(iter(results))  # as in the top-k figure
+    protocol = default_protocol(bench.gnd[cfg.query])  # as in the top-k figure
     ap = float(results[protocol].aps[cfg.query])
     training = training_words(step, cfg, built.proj)
     return {
