@@ -109,11 +109,12 @@ def accuracy(clf: Classifier, val: LabelledImages, cfg: TrainConfig, device: tor
     """Top-1 accuracy (%) on held-out images, at the training size without augmentation."""
     mean, std = clf.net.meta["input"]["mean"], clf.net.meta["input"]["std"]
     images = TrainImages(val.paths, train_transform(cfg.size, mean, std, None))
+    labels = torch.tensor(val.labels)
     clf.eval()
     right = total = 0
     for idx, x, _ in DataLoader(images, batch_size=cfg.batch_size, collate_fn=collate_skipping):
         if x is not None:
-            right += int((clf(x.to(device)).argmax(1).cpu() == torch.tensor(val.labels)[idx]).sum())
+            right += int((clf(x.to(device)).argmax(1).cpu() == labels[idx]).sum())
             total += len(idx)
     clf.train()
     return round(100.0 * right / max(total, 1), 2)

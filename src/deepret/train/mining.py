@@ -40,10 +40,10 @@ def mine_tuples(data: LabelledImages, describe: Callable[[list[int]], np.ndarray
     wanted = sorted(set(queries.tolist()) | set(positives) | set(pool.tolist()))
     row = {i: r for r, i in enumerate(wanted)}
     desc = describe(wanted)
+    pool_desc = desc[[row[i] for i in pool]]
     tuples = []
     for q, p in zip(queries.tolist(), positives):
-        pool_rows = np.array([row[i] for i in pool])
-        candidates = pool[np.argsort(-(desc[pool_rows] @ desc[row[q]]), kind="stable")]
+        candidates = pool[np.argsort(-(pool_desc @ desc[row[q]]), kind="stable")]
         negatives, used = [], {labels[q]}
         for n in candidates:
             if labels[n] not in used:

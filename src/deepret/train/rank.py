@@ -116,9 +116,10 @@ def train_rank(data: LabelledImages, model: str, cfg: TrainConfig, weights: str 
         losses = []
         bar = tqdm(loader, desc=f"rank epoch {epoch + 1}/{cfg.epochs}", disable=not (cfg.progress and run.is_main))
         for b, x in bar:
-            if isinstance(x, list):
+            usable = not isinstance(x, list)  # a list holds the decoding errors of the batch
+            if not usable:
                 run.report_skipped(x)
-            if not run.all_usable(not isinstance(x, list)):
+            if not run.all_usable(usable):
                 continue
             out = model_(x.to(device)).view(len(batches[b]), -1, net.dim)
             losses.append(run.optimise(opt, loss_fn(out, margin), bar, epoch, sched.get_last_lr()[0], size=sizes[b]))
