@@ -155,8 +155,8 @@ def _apply(cfg: AugmentConfig, token: str, spec: str) -> AugmentConfig:
 def _number(text: str, top: float, bad: Callable[[str], DeepretError]) -> float:
     try:
         value = float(text)
-    except ValueError:
-        raise bad(f"{text!r} is not a number") from None
+    except ValueError as exc:
+        raise bad(f"{text!r} is not a number") from exc
     if not (math.isfinite(value) and 0 <= value <= top):
         raise bad(f"{text} is out of range [0, {top:g}]")
     return value

@@ -5,17 +5,46 @@ import argparse
 import json
 import os
 import sys
+import traceback
 from pathlib import Path
 
 from deepret.errors import DeepretError
 from deepret.models import DEFAULT_MODEL
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with deepret's one-line errors: `deepret: error: ...` and exit status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"deepret: error: {self.prog}: {message} (see `{self.prog} --help`)\n")
+
+
+def _bounded(kind: type, strict: bool):
+    """An argparse type: a number of `kind` that is > 0 (strict) or >= 0, else a one-line error."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not {'a whole number' if kind is int else 'a number'}") from None
+        if not (value > 0 if strict else value >= 0):
+            raise argparse.ArgumentTypeError(f"{text} must be {'>' if strict else '>='} 0")
+        return value
+
+    parse.__name__ = f"{'positive' if strict else 'non-negative'} {kind.__name__}"
+    return parse
+
+
+positive_int, nonnegative_int = _bounded(int, True), _bounded(int, False)
+positive_float, nonnegative_float = _bounded(float, True), _bounded(float, False)
+
+
 def _parse_scales(text: str) -> tuple[float, ...]:
     try:
         scales = tuple(float(s) for s in text.split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--scales {text!r}: give numbers separated by commas, e.g. 1,0.707,1.414")
+        raise argparse.ArgumentTypeError(
+            f"--scales {text!r}: give numbers separated by commas, e.g. 1,0.707,1.414") from None
     if not scales or any(s <= 0 for s in scales):
         raise argparse.ArgumentTypeError(f"--scales {text!r}: every scale must be > 0")
     return scales
@@ -31,18 +60,20 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
 def _add_benchmark_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", required=True, help="oxford5k, paris6k, roxford5k, rparis6k or any revisitop-format name")
     p.add_argument("--root", required=True, type=Path, help="folder holding <dataset>/gnd_<dataset>.pkl and jpg/")
-    p.add_argument("--size", type=int, default=1024, help="longest image side in pixels (default 1024)")
+    p.add_argument("--size", type=positive_int, default=None,
+                   help="longest image side in pixels (default: the model's, see `deepret models`)")
     p.add_argument("--scales", type=_parse_scales, default=(1.0,), help="e.g. 1,0.707,1.414 (default 1)")
     p.add_argument("--flip", action="store_true", help="average with the horizontally flipped image")
     p.add_argument("--no-crop", action="store_true", help="do not crop queries to their bounding box")
-    p.add_argument("--workers", type=int, default=None, help="image decoding processes")
+    p.add_argument("--workers", type=nonnegative_int, default=None, help="image decoding processes")
     p.add_argument("--cache-dir", type=Path, default=None, help="feature cache (default $DEEPRET_CACHE or ~/.cache/deepret)")
-    p.add_argument("--no-cache", action="store_true", help="extract again even if cached features exist")
+    p.add_argument("--no-cache", action="store_true", help="extract again, neither reading nor writing the cache")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="deepret", description="Instance-level image retrieval with CNN global descriptors.")
+    parser = _Parser(prog="deepret", description="Instance-level image retrieval with CNN global descriptors.")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback (with its causes) of an error")
     sub = parser.add_subparsers(dest="command", required=True)
 
     sub.add_parser("models", help="list the registered model names")
@@ -57,14 +88,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_benchmark_options(p)
     p.add_argument("--json", type=Path, default=None, help="write mAP per protocol, mP@k and per-query AP here")
     p.add_argument("--figure", type=Path, default=None, help="write the top-k figure of --query here (PNG)")
-    p.add_argument("--query", type=int, default=0, help="query index for --figure (default 0)")
-    p.add_argument("--topk", type=int, default=10, help="results in --figure (default 10)")
+    p.add_argument("--query", type=nonnegative_int, default=0, help="query index for --figure (default 0)")
+    p.add_argument("--topk", type=positive_int, default=10, help="results in --figure (default 10)")
 
     p = sub.add_parser("search", help="draw a query and its top-K results")
     _add_model_options(p)
     _add_benchmark_options(p)
-    p.add_argument("--query", type=int, required=True, help="query index")
-    p.add_argument("--topk", type=int, default=10)
+    p.add_argument("--query", type=nonnegative_int, required=True, help="query index")
+    p.add_argument("--topk", type=positive_int, default=10)
     p.add_argument("--out", type=Path, required=True, help="PNG file to write")
 
     _add_train_parsers(sub)
@@ -74,10 +105,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train", required=True, help="training images: class folders, a GLDv2 CSV or a list file")
     p.add_argument("--train-root", type=Path, default=None, help="image root for a CSV or list file")
     p.add_argument("--method", choices=("pca", "lw"), default="pca")
-    p.add_argument("--dim", type=int, default=None, help="output dimension (default: the descriptor's)")
-    p.add_argument("--shrinkage", type=float, default=0.0, help="eigenvalue regularisation (x their mean)")
-    p.add_argument("--size", type=int, default=512, help="longest image side for the descriptors")
-    p.add_argument("--workers", type=int, default=None)
+    p.add_argument("--dim", type=positive_int, default=None, help="output dimension (default: the descriptor's)")
+    p.add_argument("--shrinkage", type=nonnegative_float, default=0.0, help="eigenvalue regularisation (x their mean)")
+    p.add_argument("--size", type=positive_int, default=None,
+                   help="longest image side for the descriptors (default: the model's evaluation size)")
+    p.add_argument("--workers", type=nonnegative_int, default=None)
     p.add_argument("--out", required=True, type=Path, help="checkpoint to write")
 
     p = sub.add_parser("tsne", help="2-D t-SNE of a benchmark's database descriptors, coloured by landmark")
@@ -89,8 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("triplets", help="draw the training tuples mined by `deepret train rank`")
     p.add_argument("--run", type=Path, required=True, help="a `train rank` run folder (holds tuples.jsonl)")
-    p.add_argument("--epoch", type=int, default=None, help="default: the last epoch")
-    p.add_argument("--n", type=int, default=4, help="tuples to draw")
+    p.add_argument("--epoch", type=positive_int, default=None, help="default: the last epoch")
+    p.add_argument("--n", type=positive_int, default=4, help="tuples to draw")
     p.add_argument("--out", type=Path, required=True, help="PNG file to write")
 
     from deepret.study.config import add_arguments as add_study_arguments
@@ -111,52 +143,70 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_train_parsers(sub) -> None:
+    from deepret.train.losses import DEFAULT_MARGINS
+    from deepret.train.runner import ClassifyOptions, RankOptions, train_config
+
     train = sub.add_parser("train", help="finetune a network as a classifier or for ranking")
     modes = train.add_subparsers(dest="mode", required=True)
     for mode, text in (("classify", "new classifier layer, cross-entropy"), ("rank", "triplet/contrastive loss")):
+        d = train_config(mode)  # the defaults live in deepret.train.runner
         p = modes.add_parser(mode, help=text)
         _add_model_options(p)
         p.add_argument("--data", required=True, help="class folders, a GLDv2 CSV or a list file of `path label`")
         p.add_argument("--data-root", type=Path, default=None, help="image root for a CSV or list file")
         p.add_argument("--out", required=True, type=Path, help="run folder: checkpoints, log.jsonl, loss.png")
-        p.add_argument("--epochs", type=int, default=5)
-        p.add_argument("--batch-size", type=int, default=8 if mode == "classify" else 4,
+        p.add_argument("--epochs", type=positive_int, default=d.epochs)
+        p.add_argument("--batch-size", type=positive_int, default=d.batch_size,
                        help="images (classify) or tuples (rank) per step")
-        p.add_argument("--size", type=int, default=224 if mode == "classify" else 362, help="training image side")
-        p.add_argument("--lr", type=float, default=1e-3 if mode == "classify" else 1e-6)
-        p.add_argument("--optimizer", choices=("adam", "sgd"), default="adam")
-        p.add_argument("--weight-decay", type=float, default=1e-6)
-        p.add_argument("--lr-decay", type=float, default=0.99, help="learning rate factor per epoch")
-        p.add_argument("--lr-mult", type=float, default=10.0, help="learning rate factor of the new layers and GeM p")
-        p.add_argument("--augment", default="none", help="e.g. all, none, crop,flip, crop=0.4:1,rotate=15")
-        p.add_argument("--seed", type=int, default=0)
-        p.add_argument("--workers", type=int, default=0)
-        p.add_argument("--val", default=None, help="benchmark to validate on, e.g. oxford5k-mini")
-        p.add_argument("--val-root", type=Path, default=None)
-        p.add_argument("--val-every", type=int, default=1)
-        p.add_argument("--val-size", type=int, default=512)
+        p.add_argument("--size", type=positive_int, default=d.size, help="training image side")
+        p.add_argument("--lr", type=positive_float, default=d.lr)
+        p.add_argument("--optimizer", choices=("adam", "sgd"), default=d.optimizer)
+        p.add_argument("--weight-decay", type=nonnegative_float, default=d.weight_decay)
+        p.add_argument("--lr-decay", type=positive_float, default=d.lr_decay, help="learning rate factor per epoch")
+        p.add_argument("--lr-mult", type=positive_float, default=d.lr_mult,
+                       help="learning rate factor of the new layers and GeM p")
+        p.add_argument("--augment", default=d.augment, help="e.g. all, none, crop,flip, crop=0.4:1,rotate=15")
+        p.add_argument("--seed", type=int, default=d.seed)
+        p.add_argument("--workers", type=nonnegative_int, default=d.workers)
+        p.add_argument("--val", default=d.val, help="benchmark to validate on, e.g. oxford5k-mini")
+        p.add_argument("--val-root", type=Path, default=d.val_root)
+        p.add_argument("--val-every", type=positive_int, default=d.val_every)
+        p.add_argument("--val-size", type=positive_int, default=d.val_size,
+                       help="validation image size (default: the model's evaluation size)")
         p.add_argument("--resume", action="store_true", help="continue the run in --out where it stopped")
         p.add_argument("--quiet", action="store_true")
         if mode == "classify":
-            p.add_argument("--init", choices=("xavier", "kaiming"), default="xavier")
-            p.add_argument("--freeze", type=int, default=0, help="freeze the first N blocks of the backbone")
-            p.add_argument("--val-fraction", type=float, default=0.0, help="hold out images for accuracy")
+            c = ClassifyOptions()
+            p.add_argument("--init", choices=("xavier", "kaiming"), default=c.init)
+            p.add_argument("--freeze", type=nonnegative_int, default=c.freeze,
+                           help="freeze the first N blocks of the backbone")
+            p.add_argument("--val-fraction", type=nonnegative_float, default=c.val_fraction,
+                           help="hold out images for accuracy")
         else:
-            p.add_argument("--loss", choices=("triplet", "contrastive"), default="triplet")
-            p.add_argument("--margin", type=float, default=None, help="default 0.1 (triplet), 0.7 (contrastive)")
-            p.add_argument("--negatives", type=int, default=5, help="hard negatives per tuple")
-            p.add_argument("--pool-size", type=int, default=200, help="random pool to mine negatives from")
-            p.add_argument("--queries", type=int, default=100, help="tuples per epoch")
-            p.add_argument("--proj", type=int, default=None, help="FC projection to DIM, initialised by PCA-whitening")
+            r = RankOptions()
+            p.add_argument("--loss", choices=tuple(DEFAULT_MARGINS), default=r.loss)
+            p.add_argument("--margin", type=nonnegative_float, default=r.margin,
+                           help="default " + ", ".join(f"{v:g} ({k})" for k, v in DEFAULT_MARGINS.items()))
+            p.add_argument("--negatives", type=positive_int, default=r.negatives, help="hard negatives per tuple")
+            p.add_argument("--pool-size", type=positive_int, default=r.pool_size,
+                           help="random pool to mine negatives from")
+            p.add_argument("--queries", type=positive_int, default=r.queries, help="tuples per epoch")
+            p.add_argument("--proj", type=positive_int, default=r.proj,
+                           help="FC projection to DIM, initialised by PCA-whitening")
             p.add_argument("--learn-p", action="store_true", help="learn the GeM exponent")
-            p.add_argument("--multires", type=_parse_scales, default=(1.0,), help="training scales, e.g. 0.75,1,1.25")
+            p.add_argument("--multires", type=_parse_scales, default=r.multires,
+                           help="training scales, e.g. 0.75,1,1.25")
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv  # anywhere on the line, also after the command's own options
+    args = build_parser().parse_args([a for a in argv if a != "--debug"])
     try:
         return COMMANDS[args.command](args)
     except DeepretError as exc:
+        if debug:
+            traceback.print_exc()
         print(f"deepret: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -169,9 +219,10 @@ def _cmd_models(args) -> int:
 
     rows = list_models()
     width = max(len(r["name"]) for r in rows)
-    print(f"{'name':<{width}}  weights")
+    print(f"{'name':<{width}}  size  weights")
     for r in rows:
-        print(f"{r['name']:<{width}}  {r['weights']}")
+        print(f"{r['name']:<{width}}  {r['size']:>4}  {r['weights']}")
+    print("\nsize: the default evaluation size (longest image side) when --size is not given.")
     print("\nAny convolutional timm model works too, as <timm name>-gem (e.g. convnext_tiny-gem).")
     return 0
 
@@ -190,7 +241,8 @@ def _benchmark_run(args):
                       crop_queries=not args.no_crop, cache_dir=args.cache_dir, use_cache=not args.no_cache,
                       device=args.device, workers=args.workers, progress=not args.quiet)
     features, path, cached = benchmark_features(net, bench, opts)
-    print(f"features: {path}{' (cached)' if cached else ''}", file=sys.stderr)
+    print(f"features: {path or 'not cached (--no-cache)'}{' (cached)' if cached else ''}, "
+          f"size {features.meta['settings']['size']}", file=sys.stderr)
     return bench, features
 
 
@@ -206,7 +258,7 @@ def _cmd_extract(args) -> int:
 
 def _cmd_eval(args) -> int:
     from deepret.evaluate import format_table, results_to_json
-    from deepret.features import atomic_write_bytes
+    from deepret.fileio import atomic_write_text
     from deepret.pipeline import draw_topk, evaluate_features
 
     bench, features = _benchmark_run(args)
@@ -216,8 +268,7 @@ def _cmd_eval(args) -> int:
     if args.json:
         report = {"dataset": bench.name, "model": features.meta["model"], "settings": features.meta["settings"],
                   **results_to_json(results, qimlist=bench.qimlist)}
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(args.json, json.dumps(report, indent=2).encode())
+        atomic_write_text(args.json, json.dumps(report, indent=2))
         print(f"wrote {args.json}")
     if args.figure:
         draw_topk(features, bench, args.query, args.topk, args.figure, results, crop_drawn=not args.no_crop)

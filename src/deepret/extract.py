@@ -8,7 +8,7 @@ power mean and L2-normalised; flip averaging adds the mirrored image.
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -25,15 +25,30 @@ from deepret.runtime import default_workers, tune_allocator
 
 @dataclass(frozen=True)
 class ExtractSettings:
-    """How images become descriptors; part of the feature cache key."""
+    """How images become descriptors; part of the feature cache key. `size` None: the network's
+    default evaluation size (see `resolve_settings`)."""
 
-    size: int = 1024
+    size: int | None = None
     scales: tuple[float, ...] = (1.0,)
     flip: bool = False
     round_to: int = 32
 
+    def __post_init__(self) -> None:
+        if self.size is not None and self.size <= 0:
+            raise DeepretError(f"image size {self.size} must be a positive number of pixels, e.g. 512")
+        if not self.scales or any(s <= 0 for s in self.scales):
+            raise DeepretError(f"scales {self.scales} must be positive numbers, e.g. (1, 0.707, 1.414)")
+        if self.round_to <= 0:
+            raise DeepretError(f"round_to {self.round_to} must be a positive number of pixels")
+
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def resolve_settings(net: RetrievalNet, settings: ExtractSettings | None = None) -> ExtractSettings:
+    """`settings` with every unset field filled in for `net`: size None -> the net's default size."""
+    settings = settings or ExtractSettings()
+    return settings if settings.size is not None else replace(settings, size=net.default_size)
 
 
 def default_device() -> torch.device:
@@ -81,10 +96,11 @@ def plan_batches(sizes: Sequence[tuple[int, int]], longest: int | None, round_to
 
 @torch.inference_mode()
 def extract(net: RetrievalNet, paths: Sequence[str | Path], bbxs: Sequence[BBox | None] | None = None,
-            settings: ExtractSettings = ExtractSettings(), device: torch.device | str | None = None,
+            settings: ExtractSettings | None = None, device: torch.device | str | None = None,
             workers: int | None = None, max_batch_pixels: int = 4 * 1024 * 1024,
             desc: str = "extract", progress: bool = True) -> np.ndarray:
     """Descriptors (N, D) float32 of the images in `paths`, cropped to `bbxs` where given."""
+    settings = resolve_settings(net, settings)
     device = torch.device(device) if device is not None else default_device()
     workers = default_workers() if workers is None else workers
     if device.type == "cpu":

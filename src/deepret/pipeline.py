@@ -8,7 +8,7 @@ import numpy as np
 
 from deepret.datasets import Benchmark
 from deepret.evaluate import EvalResult, evaluate, label_results
-from deepret.extract import ExtractSettings, extract
+from deepret.extract import ExtractSettings, extract, resolve_settings
 from deepret.features import Features, cache_path, default_cache_dir
 from deepret.models import RetrievalNet
 from deepret.search import rank_database, similarities
@@ -19,23 +19,27 @@ from deepret.viz import topk_figure
 class RunOptions:
     """Everything besides the network and benchmark that decides a run."""
 
-    settings: ExtractSettings = ExtractSettings()
+    settings: ExtractSettings = ExtractSettings()    # size None: the network's default size
     crop_queries: bool = True
     cache_dir: Path | None = None
-    use_cache: bool = True
+    use_cache: bool = True                          # False: neither read nor write the cache
     device: str | None = None
     workers: int | None = None
     progress: bool = True
 
 
-def benchmark_features(net: RetrievalNet, bench: Benchmark, opts: RunOptions = RunOptions()) -> tuple[Features, Path, bool]:
-    """Features of `bench` under `net`: (features, their file, whether they came from the cache)."""
-    key_settings = {**opts.settings.to_dict(), "crop_queries": opts.crop_queries}
-    path = cache_path(opts.cache_dir or default_cache_dir(), bench.name, net, key_settings,
-                      (bench.imlist, bench.qimlist))
-    if opts.use_cache and path.is_file():
-        return Features.load(path), path, True
-    common = dict(settings=opts.settings, device=opts.device, workers=opts.workers, progress=opts.progress)
+def benchmark_features(net: RetrievalNet, bench: Benchmark,
+                       opts: RunOptions = RunOptions()) -> tuple[Features, Path | None, bool]:
+    """Features of `bench` under `net`: (features, their cache file or None with use_cache off,
+    whether they came from the cache)."""
+    settings = resolve_settings(net, opts.settings)
+    key_settings = {**settings.to_dict(), "crop_queries": opts.crop_queries}
+    path = None
+    if opts.use_cache:
+        path = cache_path(opts.cache_dir or default_cache_dir(), bench, net, settings.to_dict(), opts.crop_queries)
+        if path.is_file():
+            return Features.load(path), path, True
+    common = dict(settings=settings, device=opts.device, workers=opts.workers, progress=opts.progress)
     db = extract(net, [bench.image_path(i) for i in range(len(bench.imlist))],
                  desc=f"{bench.name} database", **common)
     bbxs = [bench.query_bbx(q) if opts.crop_queries else None for q in range(len(bench.qimlist))]
@@ -43,7 +47,8 @@ def benchmark_features(net: RetrievalNet, bench: Benchmark, opts: RunOptions = R
                       desc=f"{bench.name} queries", **common)
     meta = {"model": net.meta, "settings": key_settings, "dataset": bench.name}
     features = Features(db, queries, list(bench.imlist), list(bench.qimlist), meta)
-    features.save(path)
+    if path is not None:
+        features.save(path)
     return features, path, False
 
 

@@ -173,8 +173,8 @@ def _check_pairs(pairs: Any, N: int) -> tuple[np.ndarray, np.ndarray]:
         raise DeepretError("Lw whitening needs matching pairs (qidxs, pidxs): use method 'pca' without pairs")
     try:
         q, p = (np.asarray(a) for a in pairs)
-    except (TypeError, ValueError):
-        raise DeepretError("pairs must be (qidxs, pidxs), two index sequences of equal length") from None
+    except (TypeError, ValueError) as exc:
+        raise DeepretError("pairs must be (qidxs, pidxs), two index sequences of equal length") from exc
     if q.ndim != 1 or q.shape != p.shape or len(q) == 0:
         raise DeepretError(f"pairs must be (qidxs, pidxs), two non-empty index sequences of equal length; "
                            f"got shapes {q.shape} and {p.shape}")
@@ -194,5 +194,5 @@ def fit_whitening(method: str, X: Any, pairs: tuple[Sequence[int], Sequence[int]
     try:
         w = cls(dim=dim, **kw)
     except TypeError as exc:
-        raise DeepretError(f"bad option for {method} whitening: {exc}") from None
+        raise DeepretError(f"bad option for {method} whitening: {exc}") from exc
     return w.fit(X) if method == "pca" else w.fit(X, pairs)

@@ -76,7 +76,7 @@ def _lines(path: Path) -> list[str]:
     try:
         return [line.strip() for line in path.read_text().splitlines() if line.strip()]
     except (OSError, UnicodeDecodeError) as e:
-        raise DeepretError(f"cannot read {path} ({e}): check the file") from None
+        raise DeepretError(f"cannot read {path} ({e}): check the file") from e
 
 
 def _read_query(path: Path) -> tuple[str, list[float | int]]:
@@ -86,7 +86,7 @@ def _read_query(path: Path) -> tuple[str, list[float | int]]:
             raise ValueError(f"expected 5 fields, found {len(fields)}")
         bbx = [_number(v) for v in fields[1:]]
     except ValueError as e:
-        raise DeepretError(f"query file {path} is not '<image> x1 y1 x2 y2' ({e})") from None
+        raise DeepretError(f"query file {path} is not '<image> x1 y1 x2 y2' ({e})") from e
     return fields[0].removeprefix(QUERY_PREFIX), bbx
 
 
@@ -109,7 +109,7 @@ def _indices(gt_dir: Path, stem: str, kinds: tuple[str, ...], index: dict[str, i
 def _lookup(index: dict[str, int], name: str, path: Path) -> int:
     try:
         return index[name]
-    except KeyError:
+    except KeyError as exc:
         raise DeepretError(
             f"image {name!r} listed in {path} is not in the image list: pass the dataset's full image list"
-        ) from None
+        ) from exc

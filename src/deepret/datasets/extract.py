@@ -45,9 +45,9 @@ def extract_images(archive: Path, jpg_dir: Path) -> list[str]:
             raise DeepretError(
                 f"archive {archive} is corrupt or unsafe ({type(e).__name__}: {e}); it was "
                 "removed, rerun the download"
-            ) from None
+            ) from e
         except OSError as e:
-            raise DeepretError(f"cannot extract {archive} into {tmp} ({e}): check disk space") from None
+            raise DeepretError(f"cannot extract {archive} into {tmp} ({e}): check disk space") from e
         names = _move_jpgs(tmp, jpg_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

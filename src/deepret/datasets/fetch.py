@@ -37,13 +37,13 @@ def fetch(url: str, dest: Path, sha256: str | None = None, progress: bool = True
         raise DeepretError(
             f"download of {url} failed: HTTP {e.code} {e.reason}; check the URL or use --base-url "
             "to point to a mirror"
-        ) from None
+        ) from e
     except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
         reason = getattr(e, "reason", e)
         raise DeepretError(
             f"download of {url} failed ({reason}); check the network and rerun to resume, "
             "or use --base-url to point to a mirror"
-        ) from None
+        ) from e
     if sha256 is not None:
         actual = sha256_file(part)
         if actual != sha256.lower():

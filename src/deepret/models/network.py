@@ -6,8 +6,7 @@ Every network carries a `meta` dict that rebuilds it: `save` writes it beside th
 from __future__ import annotations
 
 import copy
-import os
-import tempfile
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,8 @@ from torch import nn
 
 import deepret
 from deepret.errors import DeepretError
-from deepret.models.backbones import FC7_INPUT_SIZE, build_backbone
+from deepret.fileio import atomic_path
+from deepret.models.backbones import FC7_INPUT_SIZE, build_backbone, default_size
 from deepret.models.pooling import POOLINGS, GeM, l2n
 
 HEADS = ("fc7", "mac", "spoc", "gem")
@@ -47,6 +47,12 @@ class RetrievalNet(nn.Module):
     def input_size(self) -> int | None:
         """Fixed square input side (fc7 heads), or None for any size."""
         return self.meta["input"]["size"]
+
+    @property
+    def default_size(self) -> int:
+        """Evaluation size (longest image side) used when none is given: the backbone's, kept in meta
+        (checkpoints written before it was kept take the backbone registry's)."""
+        return int(self.meta["input"].get("default_size") or default_size(self.meta["backbone"]))
 
     def pooled(self, x: torch.Tensor) -> torch.Tensor:
         """L2-normalised descriptors before whitening."""
@@ -97,7 +103,8 @@ def create_model(name: str, weights: str = "imagenet", p: float = 3.0, learn_p: 
         "name": name, "backbone": backbone_name, "head": head,
         "gem": {"p": p, "learn_p": learn_p, "per_channel": per_channel_p} if head == "gem" else None,
         "dim": int(dim), "whitening": None,
-        "input": {"size": size, "mean": list(backbone.mean), "std": list(backbone.std)},
+        "input": {"size": size, "default_size": backbone.spec.default_size,
+                  "mean": list(backbone.mean), "std": list(backbone.std)},
         "weights": str(weights), "provenance": backbone.provenance,
         "deepret_version": deepret.__version__,
     }
@@ -117,38 +124,48 @@ def _output_dim(trunk: nn.Module, needs_map: bool) -> int:
 
 
 def save(net: RetrievalNet, path: str | Path, **extra: Any) -> Path:
-    """Write {'meta', 'state_dict', **extra} atomically (temp file + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    """Write {'meta', 'state_dict', **extra} atomically (deepret.fileio); loadable with weights_only."""
+    with atomic_path(path) as tmp:
         torch.save({"meta": copy.deepcopy(net.meta), "state_dict": net.state_dict(), **extra}, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+    return Path(path)
 
 
-def load(path: str | Path, map_location: str | torch.device = "cpu") -> RetrievalNet:
-    """Rebuild a network saved by `save` (architecture from its meta, then its weights)."""
+def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+    """A deepret checkpoint as a dict, loaded with `weights_only=True` (tensors and plain Python
+    containers only: a downloaded file cannot run code). DeepretError for missing, corrupt, foreign
+    or pre-weights_only files."""
     path = Path(path)
     if not path.is_file():
         raise DeepretError(f"checkpoint {path} not found: give a model name (`deepret models`) or a saved checkpoint")
     try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=False)
-        meta = checkpoint["meta"]
-        state = checkpoint["state_dict"]
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:  # weights_only refused an object: not written by deepret's save
+        raise DeepretError(f"checkpoint {path} holds Python objects other than tensors and plain data "
+                           "(a pickled model or a file of another program): deepret loads only its own "
+                           "checkpoints; re-save the network with deepret.models.save") from exc
     except Exception as exc:
         raise DeepretError(f"cannot read checkpoint {path} ({exc.__class__.__name__}): "
-                           "it is not a deepret checkpoint or it is corrupt") from None
-    gem_cfg = meta.get("gem") or {}
-    net = create_model(meta["name"], weights="random", p=gem_cfg.get("p", 3.0),
-                       learn_p=gem_cfg.get("learn_p", False), per_channel_p=gem_cfg.get("per_channel", False))
-    net.meta = copy.deepcopy(meta)
-    net.whitening_from_meta()
-    net.load_state_dict(state)
+                           "it is not a deepret checkpoint or it is corrupt") from exc
+    if not isinstance(checkpoint, dict) or not {"meta", "state_dict"} <= set(checkpoint):
+        raise DeepretError(f"checkpoint {path} has no deepret 'meta' and 'state_dict': for a plain state_dict "
+                           "use --weights FILE with a model name")
+    return checkpoint
+
+
+def load(path: str | Path, map_location: str | torch.device = "cpu") -> RetrievalNet:
+    """Rebuild a network saved by `save` (architecture from its meta, then its weights)."""
+    checkpoint = read_checkpoint(path, map_location)
+    meta, state = checkpoint["meta"], checkpoint["state_dict"]
+    try:
+        gem_cfg = meta.get("gem") or {}
+        net = create_model(meta["name"], weights="random", p=gem_cfg.get("p", 3.0),
+                           learn_p=gem_cfg.get("learn_p", False), per_channel_p=gem_cfg.get("per_channel", False))
+        net.meta = copy.deepcopy(meta)
+        net.whitening_from_meta()
+        net.load_state_dict(state)
+    except (KeyError, TypeError, AttributeError, RuntimeError) as exc:
+        raise DeepretError(f"checkpoint {path} does not describe a deepret network ({exc.__class__.__name__}: "
+                           f"{str(exc).splitlines()[0] if str(exc) else ''}): it is foreign or damaged") from exc
     net.meta["checkpoint"] = str(path)
     return net.eval()
 

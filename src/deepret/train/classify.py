@@ -20,7 +20,7 @@ from deepret.datasets import LabelledImages, split
 from deepret.errors import DeepretError
 from deepret.models import RetrievalNet, get_model
 from deepret.train.images import TrainImages, collate_skipping
-from deepret.train.runner import Run, TrainConfig, freeze_batchnorm, make_optimizer, setup_device
+from deepret.train.runner import ClassifyOptions, Run, TrainConfig, freeze_batchnorm, make_optimizer, setup_device
 
 
 class Classifier(nn.Module):
@@ -53,8 +53,11 @@ def freeze_blocks(net: RetrievalNet, n: int) -> None:
             p.requires_grad_(False)
 
 
+C = ClassifyOptions()
+
+
 def train_classify(data: LabelledImages, model: str, cfg: TrainConfig, weights: str = "imagenet",
-                   init: str = "xavier", freeze: int = 0, val_fraction: float = 0.0) -> Path:
+                   init: str = C.init, freeze: int = C.freeze, val_fraction: float = C.val_fraction) -> Path:
     """Finetune `model` on `data` as a classifier; returns the path of the last checkpoint."""
     data.require_classes(2)
     device = setup_device(cfg.device)

@@ -21,7 +21,7 @@ from deepret.models import GeM, RetrievalNet, get_model
 from deepret.train.images import TrainImages
 from deepret.train.losses import DEFAULT_MARGINS, LOSSES
 from deepret.train.mining import Tuple, mine_tuples
-from deepret.train.runner import Run, TrainConfig, freeze_batchnorm, make_optimizer, setup_device
+from deepret.train.runner import RankOptions, Run, TrainConfig, freeze_batchnorm, make_optimizer, setup_device
 from deepret.whiten import fit_whitening
 
 
@@ -62,10 +62,13 @@ def init_projection(net: RetrievalNet, data: LabelledImages, dim: int, cfg: Trai
     net.set_whitening(matrix, bias, method="pca-init, trained end to end")
 
 
+R = RankOptions()
+
+
 def train_rank(data: LabelledImages, model: str, cfg: TrainConfig, weights: str = "imagenet",
-               loss: str = "triplet", margin: float | None = None, negatives: int = 5, pool_size: int = 200,
-               queries: int = 100, proj: int | None = None, learn_p: bool = False,
-               multires: tuple[float, ...] = (1.0,)) -> Path:
+               loss: str = R.loss, margin: float | None = R.margin, negatives: int = R.negatives,
+               pool_size: int = R.pool_size, queries: int = R.queries, proj: int | None = R.proj,
+               learn_p: bool = R.learn_p, multires: tuple[float, ...] = R.multires) -> Path:
     """Finetune `model` for ranking on `data`; returns the path of the last checkpoint."""
     if loss not in LOSSES:
         raise DeepretError(f"--loss {loss!r}: use {' or '.join(LOSSES)}")

@@ -22,7 +22,9 @@ from deepret.runtime import tune_allocator
 
 @dataclass
 class TrainConfig:
-    """Options common to `train classify` and `train rank`."""
+    """Options common to `train classify` and `train rank`: the one home of the training defaults
+    (the CLI, `train_config` and the study take theirs from here; batch size, image size and lr of
+    the rank mode from MODE_DEFAULTS)."""
 
     out: Path
     epochs: int = 5
@@ -40,12 +42,45 @@ class TrainConfig:
     val: str | None = None           # a benchmark name, e.g. oxford5k-mini
     val_root: Path | None = None
     val_every: int = 1
-    val_size: int = 512
+    val_size: int | None = None      # None: the network's default evaluation size
     resume: bool = False
     progress: bool = True
 
     def to_json(self) -> dict:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
+
+
+# where the modes differ: images (classify) or tuples (rank) per step, training image side, lr
+MODE_DEFAULTS: dict[str, dict[str, Any]] = {"classify": {"batch_size": 8, "size": 224, "lr": 1e-3},
+                                            "rank": {"batch_size": 4, "size": 362, "lr": 1e-6}}
+
+
+def train_config(mode: str, out: str | Path = ".", **overrides: Any) -> TrainConfig:
+    """TrainConfig of `mode` ('classify' or 'rank') with its defaults, then `overrides`."""
+    return TrainConfig(out=Path(out), **{**MODE_DEFAULTS[mode], **overrides})
+
+
+@dataclass(frozen=True)
+class RankOptions:
+    """What only `train rank` takes, with its defaults (train_rank's keyword defaults are these)."""
+
+    loss: str = "triplet"
+    margin: float | None = None      # None: deepret.train.losses.DEFAULT_MARGINS[loss]
+    negatives: int = 5               # hard negatives per tuple
+    pool_size: int = 200             # random pool to mine negatives from
+    queries: int = 100               # tuples per epoch
+    proj: int | None = None          # FC projection initialised by PCA-whitening
+    learn_p: bool = False
+    multires: tuple[float, ...] = (1.0,)
+
+
+@dataclass(frozen=True)
+class ClassifyOptions:
+    """What only `train classify` takes, with its defaults."""
+
+    init: str = "xavier"
+    freeze: int = 0                  # first N blocks of the backbone frozen
+    val_fraction: float = 0.0        # images held out for accuracy
 
 
 def distributed() -> tuple[int, int, int]:
@@ -201,7 +236,7 @@ class Run:
         from deepret.pipeline import RunOptions, benchmark_features, evaluate_features
 
         bench = load_benchmark(cfg.val, cfg.val_root or ".")
-        opts = RunOptions(ExtractSettings(size=cfg.val_size), use_cache=False, progress=False,
+        opts = RunOptions(ExtractSettings(size=cfg.val_size), use_cache=False, progress=False,  # no cache files
                           device=str(next(net.parameters()).device), workers=cfg.workers)
         was_training = net.training
         features, _, _ = benchmark_features(net.eval(), bench, opts)

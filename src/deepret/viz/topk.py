@@ -31,10 +31,10 @@ def _load(path: str | os.PathLike) -> Image.Image:
     try:
         with Image.open(path) as im:
             return im.convert("RGB")
-    except FileNotFoundError:
-        raise DeepretError(f"image not found: {path}: check the image folder") from None
+    except FileNotFoundError as exc:
+        raise DeepretError(f"image not found: {path}: check the image folder") from exc
     except (UnidentifiedImageError, OSError) as e:
-        raise DeepretError(f"cannot read image {path} ({e}): replace or remove the file") from None
+        raise DeepretError(f"cannot read image {path} ({e}): replace or remove the file") from e
 
 
 def _query_thumb(path, bbx: Sequence[float] | None, thumb: int) -> Image.Image:

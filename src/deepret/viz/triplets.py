@@ -26,9 +26,9 @@ def read_tuples(path: str | os.PathLike) -> list[dict]:
     path = Path(path)
     try:
         lines = path.read_text().splitlines()
-    except FileNotFoundError:
+    except FileNotFoundError as exc:
         raise DeepretError(f"tuples file {path} not found: pass the folder of a `deepret train` run "
-                           "with a ranking loss (it writes RUN/tuples.jsonl)") from None
+                           "with a ranking loss (it writes RUN/tuples.jsonl)") from exc
     records = []
     for no, line in enumerate(lines, 1):
         if not line.strip():
@@ -36,7 +36,7 @@ def read_tuples(path: str | os.PathLike) -> list[dict]:
         try:
             rec = json.loads(line)
         except json.JSONDecodeError as e:
-            raise DeepretError(f"{path}:{no} is not JSON ({e.msg}): delete the broken line") from None
+            raise DeepretError(f"{path}:{no} is not JSON ({e.msg}): delete the broken line") from e
         missing = [k for k in KEYS if not isinstance(rec, dict) or k not in rec]
         if missing:
             raise DeepretError(f"{path}:{no} lacks {missing}: write it with deepret's rank trainer")
