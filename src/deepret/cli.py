@@ -21,6 +21,21 @@ def _parse_scales(text: str) -> tuple[float, ...]:
     return scales
 
 
+def _parse_precision(text: str) -> str:
+    from deepret.precision import parse_precision
+
+    try:
+        return parse_precision(text)
+    except DeepretError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _add_precision_option(p: argparse.ArgumentParser, default: str = "auto") -> None:
+    p.add_argument("--precision", type=_parse_precision, default=default,
+                   help=f"auto, fp32, bf16 or fp16 (default {default}; auto: bf16/fp16 where the hardware has it "
+                        "and the network keeps its mAP, see docs/benchmarks.md)")
+
+
 def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=DEFAULT_MODEL, help="a name from `deepret models` or a checkpoint path")
     p.add_argument("--weights", default="imagenet",
@@ -39,6 +54,7 @@ def _add_benchmark_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-dir", type=Path, default=None, help="feature cache (default $DEEPRET_CACHE or ~/.cache/deepret)")
     p.add_argument("--no-cache", action="store_true", help="extract again even if cached features exist")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_precision_option(p)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -78,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shrinkage", type=float, default=0.0, help="eigenvalue regularisation (x their mean)")
     p.add_argument("--size", type=int, default=512, help="longest image side for the descriptors")
     p.add_argument("--workers", type=int, default=None)
+    _add_precision_option(p)
     p.add_argument("--out", required=True, type=Path, help="checkpoint to write")
 
     p = sub.add_parser("tsne", help="2-D t-SNE of a benchmark's database descriptors, coloured by landmark")
@@ -137,6 +154,7 @@ def _add_train_parsers(sub) -> None:
         p.add_argument("--val-size", type=int, default=512)
         p.add_argument("--resume", action="store_true", help="continue the run in --out where it stopped")
         p.add_argument("--quiet", action="store_true")
+        _add_precision_option(p, default="fp32")
         if mode == "classify":
             p.add_argument("--init", choices=("xavier", "kaiming"), default="xavier")
             p.add_argument("--freeze", type=int, default=0, help="freeze the first N blocks of the backbone")
@@ -186,7 +204,7 @@ def _benchmark_run(args):
     if getattr(args, "query", None) is not None:
         bench.check_query(args.query)
     net = get_model(args.model, weights=args.weights)
-    opts = RunOptions(ExtractSettings(size=args.size, scales=args.scales, flip=args.flip),
+    opts = RunOptions(ExtractSettings(size=args.size, scales=args.scales, flip=args.flip, precision=args.precision),
                       crop_queries=not args.no_crop, cache_dir=args.cache_dir, use_cache=not args.no_cache,
                       device=args.device, workers=args.workers, progress=not args.quiet)
     features, path, cached = benchmark_features(net, bench, opts)
@@ -259,7 +277,8 @@ def _cmd_train(args) -> int:
                       optimizer=args.optimizer, weight_decay=args.weight_decay, lr_decay=args.lr_decay,
                       lr_mult=args.lr_mult, augment=args.augment, seed=args.seed, device=args.device,
                       workers=args.workers, val=args.val, val_root=args.val_root, val_every=args.val_every,
-                      val_size=args.val_size, resume=args.resume, progress=not args.quiet)
+                      val_size=args.val_size, resume=args.resume, progress=not args.quiet,
+                      precision=args.precision)
     if args.mode == "classify":
         last = train_classify(data, args.model, cfg, weights=args.weights, init=args.init, freeze=args.freeze,
                               val_fraction=args.val_fraction)
@@ -279,7 +298,8 @@ def _cmd_whiten(args) -> int:
 
     data = load_labelled(args.train, args.train_root)
     net = get_model(args.model, weights=args.weights)
-    learn_whitening(net, data, args.method, args.dim, args.size, args.shrinkage, args.device, args.workers)
+    learn_whitening(net, data, args.method, args.dim, args.size, args.shrinkage, args.device, args.workers,
+                    precision=args.precision)
     save(net, args.out)
     print(f"wrote {args.out}: {net.meta['name']} + {args.method} whitening to {net.dim}-d, learned on {len(data)} images")
     return 0

@@ -30,12 +30,13 @@ class RunOptions:
 
 def benchmark_features(net: RetrievalNet, bench: Benchmark, opts: RunOptions = RunOptions()) -> tuple[Features, Path, bool]:
     """Features of `bench` under `net`: (features, their file, whether they came from the cache)."""
-    key_settings = {**opts.settings.to_dict(), "crop_queries": opts.crop_queries}
+    settings = opts.settings.resolved(net, opts.device)  # keyed by the precision `auto` stands for here
+    key_settings = {**settings.to_dict(), "crop_queries": opts.crop_queries}
     path = cache_path(opts.cache_dir or default_cache_dir(), bench.name, net, key_settings,
                       (bench.imlist, bench.qimlist))
     if opts.use_cache and path.is_file():
         return Features.load(path), path, True
-    common = dict(settings=opts.settings, device=opts.device, workers=opts.workers, progress=opts.progress)
+    common = dict(settings=settings, device=opts.device, workers=opts.workers, progress=opts.progress)
     db = extract(net, [bench.image_path(i) for i in range(len(bench.imlist))],
                  desc=f"{bench.name} database", **common)
     bbxs = [bench.query_bbx(q) if opts.crop_queries else None for q in range(len(bench.qimlist))]
