@@ -50,6 +50,21 @@ def _parse_scales(text: str) -> tuple[float, ...]:
     return scales
 
 
+def _parse_precision(text: str) -> str:
+    from deepret.precision import parse_precision
+
+    try:
+        return parse_precision(text)
+    except DeepretError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _add_precision_option(p: argparse.ArgumentParser, default: str = "auto") -> None:
+    p.add_argument("--precision", type=_parse_precision, default=default,
+                   help=f"auto, fp32, bf16 or fp16 (default {default}; auto: bf16/fp16 where the hardware has it "
+                        "and the network keeps its mAP, see docs/benchmarks.md)")
+
+
 def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=DEFAULT_MODEL, help="a name from `deepret models` or a checkpoint path")
     p.add_argument("--weights", default="imagenet",
@@ -69,6 +84,7 @@ def _add_benchmark_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-dir", type=Path, default=None, help="feature cache (default $DEEPRET_CACHE or ~/.cache/deepret)")
     p.add_argument("--no-cache", action="store_true", help="extract again, neither reading nor writing the cache")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_precision_option(p)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -110,6 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=positive_int, default=None,
                    help="longest image side for the descriptors (default: the model's evaluation size)")
     p.add_argument("--workers", type=nonnegative_int, default=None)
+    _add_precision_option(p)
     p.add_argument("--out", required=True, type=Path, help="checkpoint to write")
 
     p = sub.add_parser("tsne", help="2-D t-SNE of a benchmark's database descriptors, coloured by landmark")
@@ -175,6 +192,7 @@ def _add_train_parsers(sub) -> None:
                        help="validation image size (default: the model's evaluation size)")
         p.add_argument("--resume", action="store_true", help="continue the run in --out where it stopped")
         p.add_argument("--quiet", action="store_true")
+        _add_precision_option(p, default="fp32")
         if mode == "classify":
             c = ClassifyOptions()
             p.add_argument("--init", choices=("xavier", "kaiming"), default=c.init)
@@ -237,7 +255,7 @@ def _benchmark_run(args):
     if getattr(args, "query", None) is not None:
         bench.check_query(args.query)
     net = get_model(args.model, weights=args.weights)
-    opts = RunOptions(ExtractSettings(size=args.size, scales=args.scales, flip=args.flip),
+    opts = RunOptions(ExtractSettings(size=args.size, scales=args.scales, flip=args.flip, precision=args.precision),
                       crop_queries=not args.no_crop, cache_dir=args.cache_dir, use_cache=not args.no_cache,
                       device=args.device, workers=args.workers, progress=not args.quiet)
     features, path, cached = benchmark_features(net, bench, opts)
@@ -310,7 +328,8 @@ def _cmd_train(args) -> int:
                       optimizer=args.optimizer, weight_decay=args.weight_decay, lr_decay=args.lr_decay,
                       lr_mult=args.lr_mult, augment=args.augment, seed=args.seed, device=args.device,
                       workers=args.workers, val=args.val, val_root=args.val_root, val_every=args.val_every,
-                      val_size=args.val_size, resume=args.resume, progress=not args.quiet)
+                      val_size=args.val_size, resume=args.resume, progress=not args.quiet,
+                      precision=args.precision)
     if args.mode == "classify":
         last = train_classify(data, args.model, cfg, weights=args.weights, init=args.init, freeze=args.freeze,
                               val_fraction=args.val_fraction)
@@ -330,7 +349,8 @@ def _cmd_whiten(args) -> int:
 
     data = load_labelled(args.train, args.train_root)
     net = get_model(args.model, weights=args.weights)
-    learn_whitening(net, data, args.method, args.dim, args.size, args.shrinkage, args.device, args.workers)
+    learn_whitening(net, data, args.method, args.dim, args.size, args.shrinkage, args.device, args.workers,
+                    precision=args.precision)
     save(net, args.out)
     print(f"wrote {args.out}: {net.meta['name']} + {args.method} whitening to {net.dim}-d, learned on {len(data)} images")
     return 0

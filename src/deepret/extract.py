@@ -2,12 +2,17 @@
 
 Images whose resized shapes are equal are stacked into one batch (the shorter side is rounded to
 `round_to` pixels so that images of similar aspect ratio share a shape); a DataLoader decodes
-them in worker processes while the network runs. Multi-scale descriptors are combined by the GeM
+them in worker processes, or in a thread of this process when there are none, while the network
+runs. The network runs in the settings' precision (deepret.precision: fp32, or bf16/fp16 autocast
+with channels-last tensors; `auto` picks per backbone and device). Multi-scale descriptors are combined by the GeM
 power mean and L2-normalised; flip averaging adds the mirrored image.
 """
 from __future__ import annotations
 
+import queue
+import threading
 from collections import defaultdict
+from contextlib import closing
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -20,6 +25,7 @@ from tqdm.auto import tqdm
 from deepret.errors import DeepretError
 from deepret.imageio import BBox, image_size, open_rgb, target_shape, to_tensor
 from deepret.models import RetrievalNet, l2n
+from deepret.precision import autocast, parse_precision, prepare_input, prepare_model, resolve_precision
 from deepret.runtime import default_workers, tune_allocator
 
 
@@ -32,8 +38,10 @@ class ExtractSettings:
     scales: tuple[float, ...] = (1.0,)
     flip: bool = False
     round_to: int = 32
+    precision: str = "auto"  # auto, fp32, bf16 or fp16 (deepret.precision)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "precision", parse_precision(self.precision))
         if self.size is not None and self.size <= 0:
             raise DeepretError(f"image size {self.size} must be a positive number of pixels, e.g. 512")
         if not self.scales or any(s <= 0 for s in self.scales):
@@ -45,10 +53,14 @@ class ExtractSettings:
         return asdict(self)
 
 
-def resolve_settings(net: RetrievalNet, settings: ExtractSettings | None = None) -> ExtractSettings:
-    """`settings` with every unset field filled in for `net`: size None -> the net's default size."""
+def resolve_settings(net: RetrievalNet, settings: ExtractSettings | None = None,
+                     device: torch.device | str | None = None) -> ExtractSettings:
+    """`settings` with every unset field filled in for `net` on `device` (what caches and indexes are
+    keyed by): size None -> the net's default size, precision auto -> the precision it means there."""
     settings = settings or ExtractSettings()
-    return settings if settings.size is not None else replace(settings, size=net.default_size)
+    device = torch.device(device) if device is not None else default_device()
+    return replace(settings, size=settings.size if settings.size is not None else net.default_size,
+                   precision=resolve_precision(settings.precision, net.meta.get("backbone"), device))
 
 
 def default_device() -> torch.device:
@@ -100,14 +112,15 @@ def extract(net: RetrievalNet, paths: Sequence[str | Path], bbxs: Sequence[BBox 
             workers: int | None = None, max_batch_pixels: int = 4 * 1024 * 1024,
             desc: str = "extract", progress: bool = True) -> np.ndarray:
     """Descriptors (N, D) float32 of the images in `paths`, cropped to `bbxs` where given."""
-    settings = resolve_settings(net, settings)
     device = torch.device(device) if device is not None else default_device()
+    settings = resolve_settings(net, settings, device)
     workers = default_workers() if workers is None else workers
     if device.type == "cpu":
         tune_allocator()
     paths = [Path(p) for p in paths]
     bbxs = list(bbxs) if bbxs is not None else [None] * len(paths)
-    net = net.to(device).eval()
+    precision = settings.precision
+    net = prepare_model(net, device, precision).eval()
     sizes = [image_size(p, b) for p, b in zip(paths, bbxs)]
     mean, std = net.meta["input"]["mean"], net.meta["input"]["std"]
     msp = _multiscale_power(net) if len(settings.scales) > 1 else 1.0
@@ -118,21 +131,73 @@ def extract(net: RetrievalNet, paths: Sequence[str | Path], bbxs: Sequence[BBox 
         for scale in settings.scales:
             batches = plan_batches(sizes, int(round(settings.size * scale)), settings.round_to,
                                    max_batch_pixels, fixed=net.input_size)
-            for idx, x in _loader(dataset, batches, workers, device.type == "cuda"):
-                if isinstance(x, str):
-                    raise DeepretError(x)
-                v = _forward(net, x.to(device, non_blocking=True), settings.flip)
-                acc[idx] += v.double().cpu().pow(msp) if msp != 1.0 else v.double().cpu()
-                bar.update(len(idx))
+            with closing(_loader(dataset, batches, workers, device.type == "cuda")) as loader:
+                for idx, x in loader:
+                    if isinstance(x, str):
+                        raise DeepretError(x)
+                    x = prepare_input(x.to(device, non_blocking=True), precision)
+                    with autocast(device, precision):
+                        v = _forward(net, x, settings.flip).float()
+                    acc[idx] += v.double().cpu().pow(msp) if msp != 1.0 else v.double().cpu()
+                    bar.update(len(idx))
     acc /= len(settings.scales)
     if msp != 1.0:
         acc = acc.pow(1.0 / msp)
     return l2n(acc).float().numpy()
 
 
+DECODE_AHEAD = 2  # batches the decoding thread may hold ready
+
+
 def _loader(dataset: Dataset, batches: list, workers: int, pin: bool) -> Iterator:
-    return iter(DataLoader(dataset, batch_sampler=batches, num_workers=workers, collate_fn=_collate,
-                           pin_memory=pin, prefetch_factor=4 if workers else None))
+    """(indices, batch or error message) per batch: decoded by `workers` processes, or by one
+    thread of this process when workers is 0 (PIL and numpy release the GIL, so decoding overlaps
+    the forward pass). Close the iterator to stop the decoding early."""
+    if not workers:
+        yield from _decoded_in_thread(dataset, batches, DECODE_AHEAD)
+        return
+    yield from DataLoader(dataset, batch_sampler=batches, num_workers=workers, collate_fn=_collate,
+                          pin_memory=pin, prefetch_factor=4)
+
+
+_DONE = object()
+
+
+def _decoded_in_thread(dataset: Dataset, batches: list, ahead: int) -> Iterator:
+    """Collated batches decoded by a background thread into a queue of `ahead` batches. An
+    exception of the thread is raised here; closing the generator stops and joins the thread."""
+    ready: queue.Queue = queue.Queue(maxsize=ahead)
+    stop = threading.Event()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                ready.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def decode() -> None:
+        try:
+            for batch in batches:
+                if not put(_collate([dataset[key] for key in batch])):
+                    return
+        except BaseException as exc:  # noqa: BLE001 - handed to the consuming thread
+            put(exc)
+            return
+        put(_DONE)
+
+    thread = threading.Thread(target=decode, name="deepret-decode", daemon=True)
+    thread.start()
+    try:
+        while (item := ready.get()) is not _DONE:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join()
 
 
 def _forward(net: RetrievalNet, x: torch.Tensor, flip: bool) -> torch.Tensor:

@@ -32,7 +32,7 @@ def benchmark_features(net: RetrievalNet, bench: Benchmark,
                        opts: RunOptions = RunOptions()) -> tuple[Features, Path | None, bool]:
     """Features of `bench` under `net`: (features, their cache file or None with use_cache off,
     whether they came from the cache)."""
-    settings = resolve_settings(net, opts.settings)
+    settings = resolve_settings(net, opts.settings, opts.device)  # size and precision made explicit
     key_settings = {**settings.to_dict(), "crop_queries": opts.crop_queries}
     path = None
     if opts.use_cache:

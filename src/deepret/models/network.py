@@ -54,14 +54,23 @@ class RetrievalNet(nn.Module):
         (checkpoints written before it was kept take the backbone registry's)."""
         return int(self.meta["input"].get("default_size") or default_size(self.meta["backbone"]))
 
+    def pool_map(self, features: torch.Tensor) -> torch.Tensor:
+        """The pooled trunk output (B, D), computed in float32 outside any autocast region: GeM's
+        power needs fp32's range and precision whatever the trunk ran in (fc7 features pass through)."""
+        with torch.autocast(features.device.type, enabled=False):
+            features = features.float()
+            return self.pool(features) if self.pool is not None else features
+
     def pooled(self, x: torch.Tensor) -> torch.Tensor:
         """L2-normalised descriptors before whitening."""
-        features = self.trunk(x)
-        return l2n(self.pool(features) if self.pool is not None else features)
+        return l2n(self.pool_map(self.trunk(x)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         v = self.pooled(x)
-        return l2n(self.whiten(v)) if self.whiten is not None else v
+        if self.whiten is None:
+            return v
+        with torch.autocast(v.device.type, enabled=False):  # whitening and L2 norm in fp32 too
+            return l2n(self.whiten(v))
 
     def set_whitening(self, matrix: torch.Tensor, bias: torch.Tensor, method: str) -> None:
         """Install a learned projection v -> matrix @ v + bias after pooling (kept in meta)."""

@@ -9,6 +9,7 @@ from typing import Any
 import yaml
 
 from deepret.errors import DeepretError
+from deepret.precision import parse_precision
 
 ALL_STEPS = ("1a", "1b", "1c", "1d", "1e", "1f", "1g", "1h", "1i")
 
@@ -53,6 +54,7 @@ class StudyConfig:
     device: str | None = None
     workers: int | None = None
     cache_dir: Path | None = None                     # feature cache (default $DEEPRET_CACHE)
+    precision: str = "auto"                           # evaluation extraction: auto, fp32, bf16, fp16
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -64,6 +66,7 @@ class StudyConfig:
             if isinstance(value, dict):
                 setattr(self, name, _budget(value, name))
         self.scales = tuple(float(s) for s in self.scales)
+        self.precision = parse_precision(self.precision)
         self.steps = tuple(str(s) for s in self.steps)
         unknown = [s for s in self.steps if s not in ALL_STEPS]
         if unknown:
@@ -132,6 +135,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--device", default=None)
     p.add_argument("--workers", type=int, default=None)
+    p.add_argument("--precision", default=None, help="evaluation extraction: auto (default), fp32, bf16 or fp16")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -141,6 +145,6 @@ def config_from_args(args: argparse.Namespace) -> StudyConfig:
         args.config, dataset=args.dataset, root=args.root, train=args.train, out=args.out,
         steps=tuple(args.steps.split(",")) if args.steps else None, query=args.query, topk=args.topk,
         size=args.size, backbone=args.backbone, standin=args.standin, seed=args.seed, device=args.device,
-        workers=args.workers, progress=False if args.quiet else None,
+        workers=args.workers, precision=args.precision, progress=False if args.quiet else None,
         classify_epochs=args.epochs, rank_epochs=args.epochs, rank_queries=args.queries,
         classify_size=args.train_size, rank_size=args.train_size)

@@ -39,8 +39,7 @@ class Classifier(nn.Module):
         nn.init.zeros_(self.fc.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        features = self.net.trunk(x)
-        return self.fc(self.net.pool(features) if self.net.pool is not None else features)
+        return self.fc(self.net.pool_map(self.net.trunk(x)))
 
 
 def freeze_blocks(net: RetrievalNet, n: int) -> None:
@@ -66,7 +65,7 @@ def train_classify(data: LabelledImages, model: str, cfg: TrainConfig, weights: 
     if net.whiten is not None:
         net.whiten, net.meta["whitening"] = None, None  # a classifier sees pooled features
     train, val = split(data, val_fraction, cfg.seed) if val_fraction else (data, None)
-    clf = Classifier(net, len(data.classes), init).to(device)
+    clf = run.use_precision(Classifier(net, len(data.classes), init), net.meta["backbone"], device)
     freeze_blocks(net, freeze)
     opt, sched = make_optimizer(cfg, net.parameters(), clf.fc.parameters())
     previous = run.previous()
@@ -93,7 +92,7 @@ def train_classify(data: LabelledImages, model: str, cfg: TrainConfig, weights: 
             run.report_skipped(errors)
             if not run.all_usable(x is not None):
                 continue
-            loss = F.cross_entropy(model_(x.to(device)), labels[idx].to(device))
+            loss = F.cross_entropy(run.forward(model_, x).float(), labels[idx].to(device))
             losses.append(run.optimise(opt, loss, bar, epoch, sched.get_last_lr()[0]))
         sched.step()
         if not losses:

@@ -54,9 +54,10 @@ def make_p_learnable(net: RetrievalNet) -> None:
         net.meta["gem"]["learn_p"] = True
 
 
-def init_projection(net: RetrievalNet, data: LabelledImages, dim: int, cfg: TrainConfig, device) -> None:
+def init_projection(net: RetrievalNet, data: LabelledImages, dim: int, cfg: TrainConfig, device,
+                    precision: str = "fp32") -> None:
     """FC projection after pooling, initialised from the PCA-whitening of the training descriptors."""
-    pooled = extract(net, data.paths, settings=ExtractSettings(size=cfg.size), device=device,
+    pooled = extract(net, data.paths, settings=ExtractSettings(size=cfg.size, precision=precision), device=device,
                      workers=cfg.workers, desc="PCA of the training set", progress=cfg.progress)
     matrix, bias = fit_whitening("pca", pooled, dim=dim).as_linear()
     net.set_whitening(matrix, bias, method="pca-init, trained end to end")
@@ -80,7 +81,8 @@ def train_rank(data: LabelledImages, model: str, cfg: TrainConfig, weights: str 
         run.log(dropped_classes=dropped)
         print(f"deepret: left out of ranking training (fewer than 2 images): {', '.join(dropped)}")
     data.require_classes(2)
-    net = get_model(model, weights).to(device)
+    net = get_model(model, weights)
+    net = run.use_precision(net, net.meta["backbone"], device)
     if learn_p:
         make_p_learnable(net)
     previous = run.previous()
@@ -88,7 +90,7 @@ def train_rank(data: LabelledImages, model: str, cfg: TrainConfig, weights: str 
         w = previous["meta"]["whitening"]
         net.set_whitening(torch.zeros(w["dim_out"], w["dim_in"]), torch.zeros(w["dim_out"]), w["method"])
     elif proj:
-        init_projection(net, data, proj, cfg, device)
+        init_projection(net, data, proj, cfg, device, run.precision)
     new = [*(net.whiten.parameters() if net.whiten is not None else []),
            *([net.pool.p] if isinstance(getattr(net.pool, "p", None), nn.Parameter) else [])]
     new_ids = {id(p) for p in new}
@@ -102,7 +104,8 @@ def train_rank(data: LabelledImages, model: str, cfg: TrainConfig, weights: str 
     model_ = DistributedDataParallel(net, find_unused_parameters=True) if run.world > 1 else net
 
     def describe(indices: list[int]) -> np.ndarray:
-        return extract(net, [data.paths[i] for i in indices], settings=ExtractSettings(size=cfg.size),
+        return extract(net, [data.paths[i] for i in indices],
+                       settings=ExtractSettings(size=cfg.size, precision=run.precision),
                        device=device, workers=cfg.workers, desc="mining", progress=False)
 
     for epoch in range(run.start_epoch, cfg.epochs):
@@ -124,7 +127,7 @@ def train_rank(data: LabelledImages, model: str, cfg: TrainConfig, weights: str 
                 run.report_skipped(x)
             if not run.all_usable(usable):
                 continue
-            out = model_(x.to(device)).view(len(batches[b]), -1, net.dim)
+            out = run.forward(model_, x).view(len(batches[b]), -1, net.dim)
             losses.append(run.optimise(opt, loss_fn(out, margin), bar, epoch, sched.get_last_lr()[0], size=sizes[b]))
         sched.step()
         if not losses:

@@ -17,6 +17,7 @@ from torch import nn
 
 from deepret.errors import DeepretError
 from deepret.models import RetrievalNet, save
+from deepret.precision import autocast, prepare_input, prepare_model, resolve_precision
 from deepret.runtime import tune_allocator
 
 
@@ -45,6 +46,7 @@ class TrainConfig:
     val_size: int | None = None      # None: the network's default evaluation size
     resume: bool = False
     progress: bool = True
+    precision: str = "fp32"          # auto, fp32, bf16 or fp16 autocast (deepret.precision)
 
     def to_json(self) -> dict:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
@@ -135,6 +137,8 @@ class Run:
         self.rng = np.random.default_rng(cfg.seed)
         self.start_epoch, self.step = 0, 0
         self.skipped: set[str] = set()
+        self.device, self.precision = torch.device("cpu"), "fp32"
+        self.scaler = torch.amp.GradScaler("cpu", enabled=False)
         if self.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
         random.seed(cfg.seed)
@@ -146,11 +150,25 @@ class Run:
         with open(self.log_path, "a") as f:
             f.write(json.dumps({"mode": self.mode, "time": round(time.time(), 3), **record}) + "\n")
 
+    def use_precision(self, model: nn.Module, backbone: str | None, device: torch.device) -> nn.Module:
+        """Resolve cfg.precision for `backbone` on `device` and prepare `model` for it (channels-last
+        for bf16/fp16); fp16 on CUDA scales the loss (GradScaler) so that small gradients survive."""
+        self.device = device
+        self.precision = resolve_precision(self.cfg.precision, backbone, device)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.precision == "fp16" and device.type == "cuda")
+        return prepare_model(model, device, self.precision)
+
+    def forward(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """`model(x)` on the run's device in the run's precision (outputs of autocast may be bf16/fp16)."""
+        with autocast(self.device, self.precision):
+            return model(prepare_input(x.to(self.device), self.precision))
+
     def optimise(self, opt, loss: torch.Tensor, bar, epoch: int, lr: float, **record: Any) -> float:
         """One optimiser step on `loss`, counted, shown on the progress bar and logged."""
         opt.zero_grad()
-        loss.backward()
-        opt.step()
+        self.scaler.scale(loss).backward()
+        self.scaler.step(opt)
+        self.scaler.update()
         self.step += 1
         value = loss.item()
         bar.set_postfix(loss=f"{value:.4f}")
@@ -180,6 +198,7 @@ class Run:
             return
         state = {"mode": self.mode, "epoch": epoch, "step": self.step, "config": self.cfg.to_json(),
                  "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "rng": self._rng_state(),
+                 "scaler": self.scaler.state_dict(),
                  **extra_state}
         save(net, self.out / f"epoch_{epoch + 1:03d}.pt", train=state)
         save(net, self.last, train=state)
@@ -208,6 +227,8 @@ class Run:
         net.load_state_dict(ckpt["state_dict"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
+        if state.get("scaler") and self.scaler.is_enabled():
+            self.scaler.load_state_dict(state["scaler"])
         self._set_rng_state(state["rng"])
         self.start_epoch, self.step = state["epoch"] + 1, state["step"]
         self.log(resumed_from=str(self.last), next_epoch=self.start_epoch + 1)
@@ -236,7 +257,8 @@ class Run:
         from deepret.pipeline import RunOptions, benchmark_features, evaluate_features
 
         bench = load_benchmark(cfg.val, cfg.val_root or ".")
-        opts = RunOptions(ExtractSettings(size=cfg.val_size), use_cache=False, progress=False,  # no cache files
+        opts = RunOptions(ExtractSettings(size=cfg.val_size, precision=self.precision), use_cache=False,  # no cache files
+                          progress=False,
                           device=str(next(net.parameters()).device), workers=cfg.workers)
         was_training = net.training
         features, _, _ = benchmark_features(net.eval(), bench, opts)

@@ -19,11 +19,11 @@ def matching_pairs(data: LabelledImages) -> tuple[list[int], list[int]]:
 
 def learn_whitening(net: RetrievalNet, data: LabelledImages, method: str = "pca", dim: int | None = None,
                     size: int = 512, shrinkage: float = 0.0, device=None, workers: int | None = None,
-                    progress: bool = True) -> Whitening:
+                    progress: bool = True, precision: str = "fp32") -> Whitening:
     """Fit PCA-whitening or Lw on the pooled descriptors of `data` and install it in `net`
     (replacing any whitening it had); returns the fitted object."""
     net.whiten, net.meta["whitening"] = None, None
-    pooled = extract(net, data.paths, settings=ExtractSettings(size=size), device=device, workers=workers,
+    pooled = extract(net, data.paths, settings=ExtractSettings(size=size, precision=precision), device=device, workers=workers,
                      desc="descriptors for whitening", progress=progress)
     pairs = matching_pairs(data) if method == "lw" else None
     whitening = fit_whitening(method, pooled.astype(np.float64), pairs=pairs, dim=dim, shrinkage=shrinkage)

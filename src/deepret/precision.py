@@ -1,0 +1,117 @@
+"""Numeric precision of the forward pass: fp32, or bf16/fp16 autocast with channels-last tensors.
+
+`auto` picks, per backbone and device, the fastest precision that kept oxford5k-mini mAP within
+0.3 points of fp32 (REDUCED_OK below). On a CPU bf16 only pays where the hardware has bf16
+instructions (AVX512-BF16 or AMX); elsewhere it is slower than fp32, so `auto` stays fp32 there.
+GeM's power and the L2 normalisation run in fp32 whatever the precision (RetrievalNet.pool_map).
+"""
+from __future__ import annotations
+
+import functools
+from contextlib import AbstractContextManager, nullcontext
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from deepret.errors import DeepretError
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+# Reduced precisions that keep oxford5k-mini mAP within 0.3 points of fp32, per backbone (in the
+# order `auto` prefers them). Measured with bench/precision_table.py, table and command in
+# docs/benchmarks.md ("Precision"). A backbone not listed (any other timm model) stays fp32 under
+# `auto`. The backbone registry may take this table over as a field of its descriptions.
+REDUCED_OK: dict[str, tuple[str, ...]] = {
+    "efficientnet_lite0": (),
+    "efficientnet_lite1": (),
+    "efficientnet_lite2": (),
+    "alexnet": (),
+    "vgg16": (),
+    "resnet18": (),
+    "resnet34": (),
+    "resnet50": (),
+    "resnet101": (),
+    "resnet152": (),
+}
+MAP_TOLERANCE = 0.3  # mAP points from fp32 that `auto` accepts
+
+
+def parse_precision(text: str) -> str:
+    """Check a --precision value: auto, fp32, bf16 or fp16 (case-insensitive)."""
+    value = str(text).strip().lower()
+    if value not in PRECISIONS:
+        raise DeepretError(f"precision {text!r} is unknown: use one of {', '.join(PRECISIONS)}")
+    return value
+
+
+@functools.cache
+def cpu_flags() -> frozenset[str]:
+    """The CPU feature flags of /proc/cpuinfo (empty where there is none, e.g. macOS)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        if line.startswith(("flags", "Features")):
+            return frozenset(line.split(":", 1)[1].split())
+    return frozenset()
+
+
+def cpu_has_fast(precision: str) -> bool:
+    """Whether this CPU computes `precision` in hardware (bf16: AVX512-BF16/AMX-BF16; fp16:
+    AVX512-FP16/AMX-FP16) and oneDNN can use it; fp32 always."""
+    if precision == "fp32":
+        return True
+    wanted = {"bf16": ("avx512_bf16", "amx_bf16"), "fp16": ("avx512_fp16", "amx_fp16")}[precision]
+    if not torch.backends.mkldnn.is_available() or not any(f in cpu_flags() for f in wanted):
+        return False
+    check = {"bf16": "_is_mkldnn_bf16_supported", "fp16": "_is_mkldnn_fp16_supported"}[precision]
+    probe = getattr(torch.ops.mkldnn, check, None)
+    return bool(probe()) if probe is not None else True
+
+
+def resolve_precision(requested: str, backbone: str | None, device: torch.device | str) -> str:
+    """The concrete precision (fp32, bf16, fp16) of `requested` for `backbone` on `device`."""
+    requested, device = parse_precision(requested), torch.device(device)
+    if requested == "auto":
+        ok = REDUCED_OK.get(backbone or "", ())
+        if device.type == "cuda":
+            usable = [p for p in ("fp16", "bf16") if p in ok and (p == "fp16" or torch.cuda.is_bf16_supported())]
+        elif device.type == "cpu":  # fp16 autocast was slower than fp32 on the CPU (docs/benchmarks.md)
+            usable = [p for p in ok if p == "bf16" and cpu_has_fast(p)]
+        else:
+            usable = []
+        return usable[0] if usable else "fp32"
+    if device.type not in ("cpu", "cuda") and requested != "fp32":
+        raise DeepretError(f"--precision {requested} needs a CPU or CUDA device, not {device.type}: use fp32")
+    if device.type == "cuda" and requested == "bf16" and not torch.cuda.is_bf16_supported():
+        raise DeepretError(f"--precision bf16: {torch.cuda.get_device_name(device)} has no bf16: use fp16 or fp32")
+    return requested
+
+
+def autocast(device: torch.device | str, precision: str) -> AbstractContextManager:
+    """The autocast region of a concrete precision (nothing for fp32)."""
+    if precision == "fp32":
+        return nullcontext()
+    return torch.autocast(torch.device(device).type, dtype=DTYPES[precision])
+
+
+def prepare_model(net: nn.Module, device: torch.device | str, precision: str) -> nn.Module:
+    """Move `net` to `device`; reduced precisions also get channels-last weights (and cuDNN's
+    autotuner on CUDA). fp32 keeps the contiguous layout, so its results are the plain ones."""
+    device = torch.device(device)
+    net = net.to(device)
+    if precision != "fp32":
+        net = net.to(memory_format=torch.channels_last)
+        if device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+    return net
+
+
+def prepare_input(x: torch.Tensor, precision: str) -> torch.Tensor:
+    """An image batch in the layout the network was prepared for."""
+    if precision != "fp32" and x.dim() == 4:
+        return x.contiguous(memory_format=torch.channels_last)
+    return x
