@@ -10,7 +10,7 @@ cache) and evaluated. images/s counts every image of both benchmarks (database +
 extraction time of both; `x lite0` is that speed over the first model's at the same size, measured
 in the same process. The chosen default per model is the size with the best mean of the three mAPs;
 the default model is the most accurate one (mean mAP at its default size) unless it extracts under
---min-ips images/s there, then the next most accurate. Results are appended to --json as they come,
+--min-ips images/s there, then the next most accurate (the fastest when none reaches --min-ips). Results are appended to --json as they come,
 so an interrupted sweep goes on where it stopped.
 """
 from __future__ import annotations
@@ -57,7 +57,8 @@ def choose(rows: list[dict], models: list[str], min_ips: float) -> dict:
         best = max(mine, key=lambda r: r["mean_map"])
         per_model[m] = {"size": best["size"], "mean_map": best["mean_map"], "ips": best["ips"]}
     ranked = sorted(per_model, key=lambda m: -per_model[m]["mean_map"])
-    default = next((m for m in ranked if per_model[m]["ips"] >= min_ips), ranked[-1] if ranked else None)
+    fastest = max(per_model, key=lambda m: per_model[m]["ips"], default=None)
+    default = next((m for m in ranked if per_model[m]["ips"] >= min_ips), fastest)  # none fast enough: the fastest
     return {"per_model": per_model, "default_model": default, "min_ips": min_ips}
 
 

@@ -19,7 +19,7 @@ deepret eval "${EVAL[@]}" --model "$OUT/before-lw.pt" --json "$OUT/before-lw.jso
 [[ -f "$OUT/rank/last.pt" ]] && RESUME=--resume || RESUME=
 deepret train rank --data "$LM" --out "$OUT/rank" --epochs 5 --size 362 --queries 23 --negatives 3 \
   --pool-size 23 --batch-size 4 --lr 1e-6 --augment all --seed 0 \
-  --val oxford5k-mini --val-root "$DATA" --val-every 5 --quiet $RESUME
+  --val oxford5k-mini --val-root "$DATA" --val-every 5 --val-size 512 --quiet $RESUME
 deepret eval "${EVAL[@]}" --model "$OUT/rank/last.pt" --json "$OUT/after.json"
 deepret whiten --model "$OUT/rank/last.pt" --train "$LM" --method pca --dim 22 --size 512 --out "$OUT/after-pcaw.pt"
 deepret eval "${EVAL[@]}" --model "$OUT/after-pcaw.pt" --json "$OUT/after-pcaw.json"

@@ -127,3 +127,36 @@ def test_tsne_and_triplets_commands(capsys, data_root, tmp_path):
     assert code == 0 and (tmp_path / "tsne.png").is_file(), err
     assert "tuples.jsonl" in _one_line_error(capsys, "triplets", "--run", str(tmp_path / "no-run"),
                                               "--out", str(tmp_path / "t.png"))
+
+
+@pytest.mark.parametrize("args,match", [(["--size", "0"], "--size: 0 must be > 0"),
+                                        (["--size", "-512"], "--size: -512 must be > 0"),
+                                        (["--scales", "1,-0.5"], "every scale must be > 0"),
+                                        (["--topk", "-1"], "--topk: -1 must be > 0"),
+                                        (["--query", "-2"], "--query: -2 must be >= 0"),
+                                        (["--workers", "two"], "'two' is not a whole number")])
+def test_bad_numbers_are_one_line_parser_errors(capsys, tmp_path, args, match):
+    with pytest.raises(SystemExit) as exc:
+        main(["eval", "--dataset", "oxford5k-mini", "--root", str(tmp_path), *args])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exc.value.code == 2 and len(err) == 1 and err[0].startswith("deepret: error:") and match in err[0], err
+
+
+def test_debug_shows_the_traceback_with_its_cause(capsys, tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    argv = ["eval", "--dataset", "oxford5k-mini", "--root", str(require_data("oxford5k-mini").parent),
+            "--model", str(bad), "--size", "64", "--quiet"]
+    line = _one_line_error(capsys, *argv)
+    assert "bad.pt" in line
+    code, _, err = run(capsys, *argv, "--debug")
+    assert code == 2 and "Traceback" in err and "The above exception was the direct cause" in err
+    assert err.strip().splitlines()[-1] == line
+
+
+def test_models_shows_the_default_size_used_without_size(capsys):
+    code, out, _ = run(capsys, "models")
+    row = next(line for line in out.splitlines() if line.startswith("efficientnet_lite0-gem "))
+    from deepret.models.backbones import BACKBONES
+
+    assert code == 0 and f" {BACKBONES['efficientnet_lite0'].default_size} " in row

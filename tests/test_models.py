@@ -79,15 +79,19 @@ def test_alexnet_fc7_is_the_second_fc_layer_of_the_classifier():
     assert net.input_size == 224
 
 
-def test_missing_weights_offline_name_the_file_to_put(monkeypatch):
-    def offline(url, **kwargs):
-        raise urllib.error.URLError("Name or service not known")
+def _offline(url, **kwargs):
+    raise urllib.error.URLError("Name or service not known")
 
-    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
-    with pytest.raises(DeepretError) as err:
+
+def test_missing_weights_offline_name_the_file_to_put(monkeypatch):
+    from deepret.errors import WeightsUnavailableError
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", _offline)
+    with pytest.raises(WeightsUnavailableError) as err:  # its own type (the study catches it), cause kept
         create_model("resnet50-gem")
     expected = hub_checkpoint_path(torchvision.models.ResNet50_Weights.DEFAULT.url)
     assert str(expected) in str(err.value) and "\n" not in str(err.value)
+    assert isinstance(err.value.__cause__, urllib.error.URLError)
 
 
 def test_any_timm_model_by_name(monkeypatch):
@@ -143,3 +147,52 @@ def test_corrupt_checkpoint_is_a_one_line_error(tmp_path):
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(DeepretError, match="bad.pt"):
         deepret.load(bad)
+
+
+def test_backbone_registry_describes_each_backbone_and_its_default_size(tmp_path):
+    from deepret.models.backbones import BACKBONES, backbone_spec
+
+    assert {"efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "alexnet", "resnet50"} <= set(BACKBONES)
+    rows = {r["name"]: r for r in list_models()}
+    assert rows["efficientnet_lite2-gem"]["size"] == BACKBONES["efficientnet_lite2"].default_size
+    assert rows["alexnet-fc7"]["size"] == 224 and rows["resnet50-gem"]["size"] == 1024
+    assert backbone_spec("resnet10t").trunk == "timm"  # any timm model gets a description too
+    torch.manual_seed(0)
+    net = create_model("resnet18-gem", weights="random")
+    assert net.default_size == net.meta["input"]["default_size"] == 1024
+    net.meta["input"]["default_size"] = 320  # kept in the checkpoint meta
+    assert deepret.load(save(net, tmp_path / "a.pt")).default_size == 320
+    del net.meta["input"]["default_size"]  # a checkpoint from before: the registry's
+    assert deepret.load(save(net, tmp_path / "b.pt")).default_size == 1024
+
+
+def test_resolve_settings_fills_the_size_from_the_network():
+    from deepret.extract import ExtractSettings, resolve_settings
+
+    torch.manual_seed(0)
+    net = create_model("resnet18-gem", weights="random")
+    net.meta["input"]["default_size"] = 288
+    assert resolve_settings(net, ExtractSettings()).size == 288
+    assert resolve_settings(net, None).size == 288
+    assert resolve_settings(net, ExtractSettings(size=200, flip=True)) == ExtractSettings(size=200, flip=True)
+    for bad in (dict(size=0), dict(size=-5), dict(scales=(1.0, 0.0)), dict(scales=())):
+        with pytest.raises(DeepretError):
+            ExtractSettings(**bad)
+
+
+class _Evil:
+    def __reduce__(self):
+        return (print, ("code ran",))
+
+
+def test_checkpoints_load_weights_only_with_clear_errors_for_foreign_files(tmp_path, capsys):
+    torch.save({"meta": {"name": "resnet18-gem"}, "state_dict": {}, "x": _Evil()}, tmp_path / "evil.pt")
+    with pytest.raises(DeepretError, match="evil.pt.*only its own checkpoints") as err:
+        deepret.load(tmp_path / "evil.pt")
+    assert "code ran" not in capsys.readouterr().out and err.value.__cause__ is not None
+    torch.save(torchvision.models.resnet18().state_dict(), tmp_path / "plain.pth")
+    with pytest.raises(DeepretError, match="--weights FILE"):
+        deepret.load(tmp_path / "plain.pth")
+    torch.save({"meta": {"name": "nope-gem"}, "state_dict": {}}, tmp_path / "foreign.pt")
+    with pytest.raises(DeepretError, match="foreign.pt"):
+        deepret.load(tmp_path / "foreign.pt")

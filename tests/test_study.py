@@ -104,3 +104,31 @@ def test_reduced_study_writes_a_complete_report_and_reruns_from_checkpoints(tmp_
     assert all(r["checkpoint_reused"] for r in again["steps"] if r["checkpoint"])
     assert {p: p.stat().st_mtime_ns for p in checkpoints} == mtimes
     assert sorted((cfg.out / "checkpoints").rglob("*.pt")) == checkpoints
+
+
+def test_standins_grow_with_the_original_networks_so_neighbours_differ(monkeypatch):
+    import deepret.study.steps as steps_mod
+    from deepret.errors import WeightsUnavailableError
+
+    real = steps_mod.create_model
+
+    def offline_torchvision(name, weights="imagenet"):
+        if name.startswith(("alexnet", "resnet")):  # as on the offline machines, without touching the network
+            raise WeightsUnavailableError(f"cannot download the ImageNet weights of {name}")
+        return real(name, weights=weights)
+
+    monkeypatch.setattr(steps_mod, "create_model", offline_torchvision)
+    cfg, cache = StudyConfig(), {}
+    used = {s: choose_network(cfg, STEP_BY_ID[s], cache) for s in ("1a", "1c", "1d", "1h", "1i")}
+    assert used["1a"].model == "efficientnet_lite0-spoc"
+    assert [used[s].backbone for s in ("1c", "1d", "1i")] == ["efficientnet_lite0", "efficientnet_lite1",
+                                                              "efficientnet_lite2"]
+    assert used["1c"].model != used["1d"].model and used["1h"].model != used["1i"].model
+    assert "standing in for ResNet50" in used["1i"].weights
+
+    def broken(name, weights="imagenet"):
+        raise DeepretError("weights file x.pth is corrupt")  # not missing weights: no stand-in, the error shows
+
+    monkeypatch.setattr(steps_mod, "create_model", broken)
+    with pytest.raises(DeepretError, match="corrupt"):
+        choose_network(cfg, STEP_BY_ID["1d"], {})

@@ -133,13 +133,20 @@ def test_tsne_figure_colours_and_unlabeled(tmp_path):
         tsne_figure(pts, labels[:-1], tmp_path / "x.png", "bad")
 
 
-def test_tsne_plot_on_oxford5k_mini(data_root, tmp_path):
+def test_tsne_plot_on_oxford5k_mini(data_root, tmp_path, monkeypatch):
+    import deepret.viz.tsne
+
     bench = load_benchmark("oxford5k-mini", data_root)
     rng = np.random.default_rng(0)
     db = rng.standard_normal((len(bench.imlist), 32)).astype(np.float32)
-    feats = Features(db, db[:3], bench.imlist, bench.qimlist, {"name": "random"})
+    # the meta that benchmark_features writes: the network's meta under "model"
+    feats = Features(db, db[:3], bench.imlist, bench.qimlist, {"model": {"name": "random-gem"}, "dataset": bench.name})
+    titles = []
+    real = deepret.viz.tsne.tsne_figure
+    monkeypatch.setattr(deepret.viz.tsne, "tsne_figure", lambda *a, **k: titles.append(a[3]) or real(*a, **k))
     out = tsne_plot(feats, bench, tmp_path / "tsne.png", seed=0)
     assert out.exists() and count_colour(out, palette(11)[10]) > 50
+    assert titles[0].endswith("random-gem")
     bad = Features(db[:10], db[:3], bench.imlist[:10], bench.qimlist, {})
     with pytest.raises(DeepretError, match="extract the features for oxford5k-mini"):
         tsne_plot(bad, bench, tmp_path / "bad.png")

@@ -144,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from deepret.study.config import add_arguments as add_study_arguments
 
-    p = sub.add_parser("study", help="compare the nine representations (1a-1i) on a benchmark, write report.html")
+    p = sub.add_parser("study", help="compare the study's representations (1a-1i, with 1e-lw) on a benchmark, write report.html")
     add_study_arguments(p)
 
     p = sub.add_parser("download", help="download a benchmark's images and ground truth")

@@ -19,18 +19,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from deepret.errors import DeepretError
-
-OLD_PROTOCOLS = ("old",)
-REVISITED_PROTOCOLS = ("easy", "medium", "hard")
-
-# protocol -> (keys whose union are the positives, keys whose union is junk)
-_PROTOCOL_KEYS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "old": (("ok",), ("junk",)),
-    "easy": (("easy",), ("junk", "hard")),
-    "medium": (("easy", "hard"), ("junk",)),
-    "hard": (("hard",), ("junk", "easy")),
-}
-
+from deepret.protocols import (OLD_PROTOCOLS, REVISITED_PROTOCOLS, default_protocol, protocol_gnd,  # noqa: F401
+                               protocols_of)
+from deepret.search import rank
 
 def average_precision(ranked_positive_positions: np.ndarray, n_positives: int) -> float:
     """AP of one query by the trapezoidal rule (revisitop ``compute_ap``).
@@ -92,41 +83,6 @@ def compute_map(
     return float(aps[valid].mean()), aps, prs[valid].mean(axis=0), prs
 
 
-def protocols_of(gnd: Sequence[dict]) -> list[str]:
-    """``["old"]`` for ok/junk ground truth, ``["easy", "medium", "hard"]`` for revisited."""
-    if len(gnd) == 0:
-        raise DeepretError("ground truth has no queries: pass the 'gnd' list of a gnd_*.pkl file")
-    first = gnd[0]
-    if all(k in first for k in ("easy", "hard")):
-        return list(REVISITED_PROTOCOLS)
-    if "ok" in first:
-        return list(OLD_PROTOCOLS)
-    raise DeepretError(
-        f"ground truth entry has keys {sorted(first)}: expected 'ok'/'junk' (old protocol) "
-        "or 'easy'/'hard'/'junk' (revisited); pass the 'gnd' list of a gnd_*.pkl file"
-    )
-
-
-def protocol_gnd(gnd: Sequence[dict], protocol: str) -> list[dict]:
-    """Per query ``{'ok': positives, 'junk': junk}`` under ``protocol`` (old/easy/medium/hard)."""
-    available = protocols_of(gnd)
-    if protocol not in available:
-        raise DeepretError(
-            f"protocol {protocol!r} does not apply to this ground truth: choose one of {available}"
-        )
-    pos_keys, junk_keys = _PROTOCOL_KEYS[protocol]
-
-    def union(entry: dict, keys: tuple[str, ...]) -> np.ndarray:
-        return np.concatenate([np.asarray(entry.get(k, ()), dtype=np.int64) for k in keys])
-
-    return [{"ok": union(e, pos_keys), "junk": union(e, junk_keys)} for e in gnd]
-
-
-def default_protocol(gnd_entry: dict) -> str:
-    """'old' for ok/junk ground truth, 'medium' (easy+hard positive) for revisited."""
-    return "old" if protocols_of([gnd_entry]) == ["old"] else "medium"
-
-
 def label_results(
     ranked_db_indices: Sequence[int], gnd_entry: dict, protocol: str | None = None
 ) -> list[str]:
@@ -140,16 +96,6 @@ def label_results(
         "positive" if i in positives else "junk" if i in junk else "negative"
         for i in (int(i) for i in ranked_db_indices)
     ]
-
-
-def rank(scores: np.ndarray) -> np.ndarray:
-    """(n_db, n_q) similarities -> (n_db, n_q) ranks, most similar first (ties: lower index)."""
-    scores = np.asarray(scores)
-    if scores.ndim != 2:
-        raise DeepretError(
-            f"similarity matrix has shape {scores.shape}: expected 2-D (n_db, n_queries)"
-        )
-    return np.argsort(-scores, axis=0, kind="stable")
 
 
 def _check_ranks(ranks: np.ndarray, gnd: Sequence[dict]) -> np.ndarray:

@@ -11,7 +11,7 @@ from deepret.evaluate import EvalResult, evaluate, label_results
 from deepret.extract import ExtractSettings, extract, resolve_settings
 from deepret.features import Features, cache_path, default_cache_dir
 from deepret.models import RetrievalNet
-from deepret.search import rank_database, similarities
+from deepret.search import rank, similarities
 from deepret.viz import topk_figure
 
 
@@ -54,7 +54,7 @@ def benchmark_features(net: RetrievalNet, bench: Benchmark,
 
 def evaluate_features(features: Features, bench: Benchmark) -> dict[str, EvalResult]:
     """mAP, mP@k and per-query AP for every protocol of the benchmark."""
-    return evaluate(rank_database(features.db, features.queries), bench.gnd)
+    return evaluate(similarities(features.db, features.queries), bench.gnd)
 
 
 def draw_topk(features: Features, bench: Benchmark, query: int, k: int, out: str | Path,
@@ -62,7 +62,7 @@ def draw_topk(features: Features, bench: Benchmark, query: int, k: int, out: str
     """The top-k figure of `query`: its bbx drawn, results bordered by their ground-truth label."""
     bench.check_query(query)
     scores = similarities(features.db, features.queries[query:query + 1])[:, 0]
-    ranking = rank_database(features.db, features.queries[query:query + 1])[:, 0]
+    ranking = rank(scores[:, None])[:, 0]
     results = results if results is not None else evaluate_features(features, bench)
     protocol = "medium" if "medium" in results else next(iter(results))
     ap = results[protocol].aps[query]

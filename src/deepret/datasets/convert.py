@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import pickle
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
 from deepret.errors import DeepretError
+from deepret.fileio import atomic_open
 
 QUERY_PREFIX = "oxc1_"  # Oxford query files name images "oxc1_<image>"; Paris ones have no prefix
 PICKLE_PROTOCOL = 3  # the protocol of the official revisitop gnd files
@@ -40,22 +39,13 @@ def convert_gt(gt_dir: str | Path, imlist: Sequence[str] | str | Path) -> dict:
 
 
 def write_gnd(cfg: dict, path: str | Path) -> None:
-    """Pickle cfg to path atomically (temp file in the same folder, then os.replace).
+    """Pickle cfg to path atomically (deepret.fileio).
 
     Uses pickle protocol 3 like the official files: convert_gt's output on the official gt files
     is written byte-identical to gnd_oxford5k.pkl / gnd_paris6k.pkl.
     """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            pickle.dump(cfg, f, protocol=PICKLE_PROTOCOL)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path) as f:
+        pickle.dump(cfg, f, protocol=PICKLE_PROTOCOL)
 
 
 def _read_imlist(imlist: Sequence[str] | str | Path) -> list[str]:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from deepret.errors import DeepretError
 
-from .extract import extract_images, extracted_names, link_images, write_marker
+from .archive import extract_images, extracted_names, link_images, write_marker
 from .fetch import fetch, sha256_file
 from .revisitop import load_benchmark
 from .sources import BUILTIN_DATASETS, KNOWN_SHA256, DatasetSource

@@ -9,12 +9,10 @@ from functools import cached_property
 from pathlib import Path
 
 from deepret.errors import DeepretError
-from deepret.evaluate import default_protocol, protocol_gnd
+from deepret.protocols import OLD_KEYS, REVISITED_KEYS, default_protocol, protocol_gnd, protocols_of
 
 from .sources import BUILTIN_DATASETS
 
-OLD_KEYS = ("ok", "junk")
-REVISITED_KEYS = ("easy", "hard", "junk")
 # The official gnd pickles have no 'query' names and many query images are named after no landmark
 # ("oxford_002985", "paris_general_..."): their first 55 queries are 5 per landmark, in this order.
 OFFICIAL_LANDMARKS = {
@@ -65,7 +63,7 @@ class Benchmark:
     @property
     def protocols(self) -> list[str]:
         """["old"] for ok/junk ground truth, else the revisited ["easy", "medium", "hard"]."""
-        return ["old"] if "ok" in self.gnd[0] else ["easy", "medium", "hard"]
+        return protocols_of(self.gnd)
 
     def positives(self, q: int) -> set[int]:
         """Database indices positive for query q under its default protocol: 'ok' (old) or

@@ -172,7 +172,7 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> Retrieva
         net.meta = copy.deepcopy(meta)
         net.whitening_from_meta()
         net.load_state_dict(state)
-    except (KeyError, TypeError, AttributeError, RuntimeError) as exc:
+    except (DeepretError, KeyError, TypeError, AttributeError, RuntimeError) as exc:
         raise DeepretError(f"checkpoint {path} does not describe a deepret network ({exc.__class__.__name__}: "
                            f"{str(exc).splitlines()[0] if str(exc) else ''}): it is foreign or damaged") from exc
     net.meta["checkpoint"] = str(path)

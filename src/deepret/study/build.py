@@ -12,13 +12,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-import torch
-
 from deepret.datasets import LabelledImages, rankable
+from deepret.fileio import atomic_write_text
 from deepret.models import RetrievalNet, create_model, load, save
+from deepret.models.network import read_checkpoint
 from deepret.study.config import StudyConfig
 from deepret.study.steps import Choice, Step
-from deepret.train import TrainConfig, train_classify, train_rank
+from deepret.train import TrainConfig, train_classify, train_config, train_rank
 from deepret.train.whitening import learn_whitening
 
 
@@ -46,14 +46,15 @@ def build_step(step: Step, choice: Choice, cfg: StudyConfig, data: LabelledImage
     if step.train == "rank":
         return _rank(step, choice, cfg, data, ckpts)
     if step.whiten:
-        return _whiten(choice, cfg, data, ckpts)
+        return _whiten(step.whiten, choice, cfg, data, ckpts)
     return Built(create_model(choice.model, weights="imagenet"))
 
 
-def _train_config(cfg: StudyConfig, out: Path, budget, augment: str, resume: bool) -> TrainConfig:
-    return TrainConfig(out=out, epochs=budget.epochs, batch_size=budget.batch_size, size=budget.size, lr=budget.lr,
-                       augment=augment, seed=cfg.seed, device=cfg.device, workers=cfg.workers or 0,
-                       resume=resume, progress=cfg.progress)
+def _train_config(cfg: StudyConfig, mode: str, out: Path, budget, augment: str, resume: bool) -> TrainConfig:
+    """The study's budget on top of deepret.train's defaults for `mode`."""
+    return train_config(mode, out, epochs=budget.epochs, batch_size=budget.batch_size, size=budget.size,
+                        lr=budget.lr, augment=augment, seed=cfg.seed, device=cfg.device, workers=cfg.workers or 0,
+                        resume=resume, progress=cfg.progress)
 
 
 def _ensure_trained(folder: Path, recipe: dict, epochs: int, train: Callable[[bool], Path]) -> tuple[Path, bool]:
@@ -61,12 +62,12 @@ def _ensure_trained(folder: Path, recipe: dict, epochs: int, train: Callable[[bo
     last = folder / "last.pt"
     resume = False
     if last.is_file():
-        done = torch.load(last, map_location="cpu", weights_only=False)["train"]["epoch"] + 1
+        done = read_checkpoint(last)["train"]["epoch"] + 1
         if done >= epochs:
             return last, True
         resume = True
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "recipe.json").write_text(json.dumps(recipe, indent=2, default=str))
+    atomic_write_text(folder / "recipe.json", json.dumps(recipe, indent=2, default=str))
     return train(resume), False
 
 
@@ -75,7 +76,7 @@ def _classify(choice: Choice, cfg: StudyConfig, data: LabelledImages, ckpts: Pat
               "train": str(cfg.train)}
     folder = ckpts / f"classify-{choice.model}-{recipe_hash(recipe)}"
     last, reused = _ensure_trained(folder, recipe, cfg.classify.epochs, lambda resume: train_classify(
-        data, choice.model, _train_config(cfg, folder, cfg.classify, "none", resume), weights="imagenet"))
+        data, choice.model, _train_config(cfg, "classify", folder, cfg.classify, "none", resume), weights="imagenet"))
     return Built(load(last), last, folder, reused)
 
 
@@ -91,23 +92,31 @@ def _rank(step: Step, choice: Choice, cfg: StudyConfig, data: LabelledImages, ck
     folder = ckpts / f"rank-{choice.model}-{recipe_hash(recipe)}"
     b = cfg.rank
     last, reused = _ensure_trained(folder, recipe, b.epochs, lambda resume: train_rank(
-        data, choice.model, _train_config(cfg, folder, b, step.augment, resume), weights="imagenet",
+        data, choice.model, _train_config(cfg, "rank", folder, b, step.augment, resume), weights="imagenet",
         loss="triplet", negatives=cfg.negatives, pool_size=cfg.pool_size, queries=b.queries, proj=proj))
     return Built(load(last), last, folder, reused, proj, notes)
 
 
-def _whiten(choice: Choice, cfg: StudyConfig, data: LabelledImages, ckpts: Path) -> Built:
-    dim = min(choice.dim, len(data) - 1)
-    notes = () if dim == choice.dim else (
-        f"PCA-whitening to {dim}-d: {len(data)} training images give at most {len(data) - 1} dimensions "
-        f"(shrinkage {cfg.whiten_shrinkage:g} x the mean eigenvalue)",)
-    recipe = {"mode": "pca", "model": choice.model, "dim": dim, "shrinkage": cfg.whiten_shrinkage,
+def _whiten(method: str, choice: Choice, cfg: StudyConfig, data: LabelledImages, ckpts: Path) -> Built:
+    """'pca': the original's PCA-whitening, reduced to what the training images span; 'lw': learned
+    whitening on same-class pairs at full dimension, regularised by shrinkage (suits few images)."""
+    if method == "pca":
+        dim = min(choice.dim, len(data) - 1)
+        notes = (f"the original study's PCA-whitening (dimension-reducing): {len(data)} training images give at "
+                 f"most {len(data) - 1} dimensions, so {choice.dim}-d becomes {dim}-d (shrinkage "
+                 f"{cfg.whiten_shrinkage:g} x the mean eigenvalue); step 1e-lw shows the regularised variant",)
+    else:
+        dim = choice.dim
+        notes = (f"learned whitening (Lw, Radenović et al.) on the same-class pairs of {len(data)} training images, "
+                 f"kept at {dim}-d and regularised by shrinkage {cfg.whiten_shrinkage:g} x the mean eigenvalue: "
+                 "the variant that suits few training images (not in the original study)",)
+    recipe = {"mode": method, "model": choice.model, "dim": dim, "shrinkage": cfg.whiten_shrinkage,
               "size": cfg.whiten_size, "train": str(cfg.train)}
-    path = ckpts / f"whiten-{choice.model}-{recipe_hash(recipe)}.pt"
+    path = ckpts / f"whiten-{method}-{choice.model}-{recipe_hash(recipe)}.pt"
     if path.is_file():
         return Built(load(path), path, None, True, None, notes)
     net = create_model(choice.model, weights="imagenet")
-    learn_whitening(net, data, "pca", dim, cfg.whiten_size, cfg.whiten_shrinkage, cfg.device, cfg.workers,
+    learn_whitening(net, data, method, dim, cfg.whiten_size, cfg.whiten_shrinkage, cfg.device, cfg.workers,
                     progress=cfg.progress)
     save(net, path)
     return Built(load(path), path, None, False, None, notes)

@@ -11,18 +11,23 @@ import yaml
 from deepret.errors import DeepretError
 from deepret.precision import parse_precision
 
-ALL_STEPS = ("1a", "1b", "1c", "1d", "1e", "1f", "1g", "1h", "1i")
+ALL_STEPS = ("1a", "1b", "1c", "1d", "1e", "1e-lw", "1f", "1g", "1h", "1i")
+# Where ImageNet weights of the study's networks cannot be had, stand-ins of growing capacity, as
+# the original study grows its networks: the smallest for AlexNet, the largest for ResNet50.
+STANDINS = {"alexnet": "efficientnet_lite0", "resnet18": "efficientnet_lite1", "resnet50": "efficientnet_lite2"}
 
 
 @dataclass
 class Budget:
-    """How much one training step may do: epochs, tuples per epoch (rank), image size, lr, batch size."""
+    """How much one training step may do: epochs, tuples per epoch (rank), image size, lr, batch size.
+    The study's own small budgets (StudyConfig); everything else of training takes deepret.train's
+    defaults (train_config)."""
 
-    epochs: int = 2
-    queries: int = 20
-    size: int = 224
-    lr: float = 1e-3
-    batch_size: int = 8
+    epochs: int
+    queries: int
+    size: int
+    lr: float
+    batch_size: int
 
 
 @dataclass
@@ -42,13 +47,13 @@ class StudyConfig:
     resnet18: str = "resnet18"
     resnet50: str = "resnet50"
     backbone: str | None = None                       # stands in for all three when set
-    standin: str = "efficientnet_lite0"               # used where ImageNet weights are missing
-    classify: Budget = field(default_factory=lambda: Budget(epochs=2, size=224, lr=1e-4, batch_size=8))
+    standins: dict[str, str] = field(default_factory=lambda: dict(STANDINS))  # role -> backbone without weights
+    classify: Budget = field(default_factory=lambda: Budget(epochs=2, queries=0, size=224, lr=1e-4, batch_size=8))
     rank: Budget = field(default_factory=lambda: Budget(epochs=2, queries=20, size=256, lr=5e-6, batch_size=4))
     negatives: int = 3
     pool_size: int = 50
     proj: int = 512                                   # FC projection of 1f/1g/1i (capped by the train set)
-    whiten_shrinkage: float = 1.0                     # 1e: eigenvalue regularisation (x their mean)
+    whiten_shrinkage: float = 1.0                     # 1e, 1e-lw: eigenvalue regularisation (x their mean)
     whiten_size: int = 384
     seed: int = 0
     device: str | None = None
@@ -71,10 +76,20 @@ class StudyConfig:
         unknown = [s for s in self.steps if s not in ALL_STEPS]
         if unknown:
             raise DeepretError(f"unknown study step(s) {', '.join(unknown)}: choose from {', '.join(ALL_STEPS)}")
+        if isinstance(self.standins, str):  # one stand-in for every role
+            self.standins = dict.fromkeys(STANDINS, self.standins)
+        bad = sorted(set(self.standins) - set(STANDINS))
+        if bad:
+            raise DeepretError(f"study config standins: unknown role(s) {', '.join(bad)} (roles: {', '.join(STANDINS)})")
+        self.standins = {**STANDINS, **self.standins}
 
     def network_for(self, role: str) -> str:
         """The backbone name for a role of the study ('alexnet', 'resnet18', 'resnet50')."""
         return self.backbone or getattr(self, role)
+
+    def standin_for(self, role: str) -> str:
+        """The backbone with offline ImageNet weights used for `role` where its own weights are missing."""
+        return self.standins[role]
 
     def to_json(self) -> dict[str, Any]:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
@@ -118,23 +133,26 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> StudyConfig
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The `deepret study` flags (every one overrides the YAML file)."""
+    from deepret.cli import nonnegative_int, positive_int
+
     p.add_argument("--config", type=Path, default=None, help="YAML settings (e.g. study.yaml); flags override it")
     p.add_argument("--dataset", default=None, help="benchmark (default oxford5k-mini)")
     p.add_argument("--root", type=Path, default=None, help="folder holding <dataset>/ (default ../shared/data)")
     p.add_argument("--train", type=Path, default=None, help="labelled landmark images for training and whitening")
     p.add_argument("--out", type=Path, default=None, help="output folder: report.html, results.json (default runs/study)")
     p.add_argument("--steps", default=None, help=f"comma-separated subset of {','.join(ALL_STEPS)}")
-    p.add_argument("--query", type=int, default=None, help="query shown in the report (default 0)")
-    p.add_argument("--topk", type=int, default=None, help="results in the top-k figures (default 10)")
-    p.add_argument("--size", type=int, default=None, help="evaluation image size (default 384)")
+    p.add_argument("--query", type=nonnegative_int, default=None, help="query shown in the report (default 0)")
+    p.add_argument("--topk", type=positive_int, default=None, help="results in the top-k figures (default 10)")
+    p.add_argument("--size", type=positive_int, default=None, help="evaluation image size (default 384)")
     p.add_argument("--backbone", default=None, help="one backbone standing in for AlexNet, ResNet18 and ResNet50")
-    p.add_argument("--standin", default=None, help="backbone used where ImageNet weights are missing")
-    p.add_argument("--epochs", type=int, default=None, help="epochs of every training step")
-    p.add_argument("--queries", type=int, default=None, help="training tuples per epoch (ranking steps)")
-    p.add_argument("--train-size", type=int, default=None, help="training image size of every training step")
+    p.add_argument("--standin", default=None, help="one backbone used for every role whose ImageNet weights are "
+                   "missing (default: efficientnet_lite0/1/2 for AlexNet/ResNet18/ResNet50)")
+    p.add_argument("--epochs", type=positive_int, default=None, help="epochs of every training step")
+    p.add_argument("--queries", type=positive_int, default=None, help="training tuples per epoch (ranking steps)")
+    p.add_argument("--train-size", type=positive_int, default=None, help="training image size of every training step")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--device", default=None)
-    p.add_argument("--workers", type=int, default=None)
+    p.add_argument("--workers", type=nonnegative_int, default=None)
     p.add_argument("--precision", default=None, help="evaluation extraction: auto (default), fp32, bf16 or fp16")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -144,7 +162,7 @@ def config_from_args(args: argparse.Namespace) -> StudyConfig:
     return load_config(
         args.config, dataset=args.dataset, root=args.root, train=args.train, out=args.out,
         steps=tuple(args.steps.split(",")) if args.steps else None, query=args.query, topk=args.topk,
-        size=args.size, backbone=args.backbone, standin=args.standin, seed=args.seed, device=args.device,
+        size=args.size, backbone=args.backbone, standins=args.standin, seed=args.seed, device=args.device,
         workers=args.workers, precision=args.precision, progress=False if args.quiet else None,
         classify_epochs=args.epochs, rank_epochs=args.epochs, rank_queries=args.queries,
         classify_size=args.train_size, rank_size=args.train_size)

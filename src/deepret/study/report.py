@@ -7,7 +7,7 @@ from typing import Any
 
 import yaml
 
-from deepret.features import atomic_write_bytes
+from deepret.fileio import atomic_write_bytes
 
 CSS = """
 body { font-family: sans-serif; max-width: 1200px; margin: 2em auto; padding: 0 1em; color: #222; }
@@ -70,6 +70,25 @@ def _section(r: dict[str, Any]) -> str:
     return "\n".join(parts) + "</section>"
 
 
+def _standins(results: dict[str, Any]) -> str:
+    """Which network stands in for which, in words (empty when every network had its own weights)."""
+    pairs = results.get("standins") or {}
+    if not pairs:
+        return ""
+    words = ", ".join(f"<code>{escape(b)}</code> for {escape(role)}" for role, b in pairs.items())
+    return (f"<p>Stand-ins, growing in capacity as the original study's networks grow: {words} "
+            "(ImageNet weights of the original networks are not available on this machine).</p>")
+
+
+def _whitening_words(results: dict[str, Any]) -> str:
+    ids = {r["step"] for r in results["steps"]}
+    if not ids & {"1e", "1e-lw"}:
+        return ""
+    return ("<p>Whitening: step 1e is the original study's PCA-whitening, which reduces the dimension to what "
+            "the training images span; step 1e-lw is the regularised variant, learned whitening (Lw) with "
+            "shrinkage at full dimension, which suits few training images.</p>")
+
+
 def render(results: dict[str, Any]) -> str:
     """The whole report page."""
     title = f"deepret study on {results['dataset']}"
@@ -81,6 +100,7 @@ def render(results: dict[str, Any]) -> str:
 Where the study's network has no ImageNet weights on this machine, the column "weights actually used" says
 which network stands in for it and why (highlighted). mAP and AP are in %. This run took {results['wall_s']} s (checkpoints and features
 from earlier runs with the same settings are reused).</p>
+{_standins(results)}{_whitening_words(results)}
 {_table(results)}
 {''.join(_section(r) for r in results['steps'])}
 <section id="config"><h2>Command and configuration</h2>

@@ -11,12 +11,12 @@ from typing import Any
 from deepret.datasets import load_benchmark, load_labelled
 from deepret.evaluate import default_protocol
 from deepret.extract import ExtractSettings
-from deepret.features import atomic_write_bytes
+from deepret.fileio import atomic_write_bytes
 from deepret.pipeline import RunOptions, benchmark_features, draw_topk, evaluate_features
 from deepret.study.build import build_step
 from deepret.study.config import StudyConfig
 from deepret.study.report import write_report
-from deepret.study.steps import STEPS, Choice, Step, choose_network, training_words
+from deepret.study.steps import PRETTY, STEPS, Choice, Step, choose_network, training_words
 
 
 def _say(text: str) -> None:
@@ -43,7 +43,9 @@ def run_study(cfg: StudyConfig) -> Path:
         maps = ", ".join(f"{p} {v:.2f}" for p, v in row["map"].items())
         _say(f"{step.id}: {row['backbone']}, {row['dim']}-d, mAP {maps} ({row['seconds']} s)")
         rows.append(row)
+    standins = {PRETTY[r["role"]]: r["backbone"] for r in rows if r["standin"]}
     results = {"dataset": bench.name, "query": cfg.query, "query_name": bench.qimlist[cfg.query],
+               "standins": standins,
                "protocols": list(rows[0]["map"]) if rows else [], "config": cfg.to_json(),
                "command": command_line(cfg), "wall_s": round(time.time() - start, 1), "steps": rows}
     atomic_write_bytes(cfg.out / "results.json", json.dumps(results, indent=2).encode())
@@ -75,7 +77,7 @@ def _run_step(step: Step, cfg: StudyConfig, bench, data, choices: dict, seen: di
     ap = float(results[protocol].aps[cfg.query])
     training = training_words(step, cfg, built.proj)
     return {
-        "step": step.id, "title": step.title, "question": step.question, "model": choice.intended,
+        "step": step.id, "role": step.role, "title": step.title, "question": step.question, "model": choice.intended,
         "network": built.net.meta["name"], "backbone": choice.backbone, "standin": choice.standin,
         "weights": choice.weights + (f"; then {training}" if training else ""),
         "whitening": (built.net.meta.get("whitening") or {}).get("method"),

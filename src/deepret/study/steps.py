@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from deepret.errors import DeepretError
+from deepret.errors import DeepretError, WeightsUnavailableError
 from deepret.models import create_model
 from deepret.models.backbones import FC7_BACKBONES
 from deepret.study.config import StudyConfig
@@ -22,7 +22,7 @@ class Step:
     head: str                      # fc7 or gem
     train: str | None = None       # None, 'classify' or 'rank'
     augment: str = "none"
-    whiten: bool = False
+    whiten: str | None = None      # None, 'pca' (dimension-reducing, the original's) or 'lw' (regularised)
     multiscale: bool = False
     unlabeled_tsne: bool = False
     triplets: bool = False
@@ -37,8 +37,11 @@ STEPS = (
          "Does pooling the last conv map (GeM) beat the FC layers?", "alexnet", "gem"),
     Step("1d", "ResNet18 + GeM (512-d)",
          "Does a deeper, residual backbone give better GeM descriptors?", "resnet18", "gem"),
-    Step("1e", "1d + PCA-whitening learned on the landmarks dataset",
-         "Does PCA-whitening learned on landmark photos help?", "resnet18", "gem", whiten=True, unlabeled_tsne=True),
+    Step("1e", "1d + PCA-whitening learned on the landmarks dataset (the original's: reduces the dimension)",
+         "Does PCA-whitening learned on landmark photos help?", "resnet18", "gem", whiten="pca", unlabeled_tsne=True),
+    Step("1e-lw", "1d + learned whitening (Lw) with shrinkage, full dimension (regularised, for few training images)",
+         "Does a whitening regularised for a small training set help where PCA-whitening cannot?",
+         "resnet18", "gem", whiten="lw"),
     Step("1f", "ResNet18 + GeM + FC, finetuned for retrieval with a triplet loss",
          "Does training end to end for retrieval (triplet loss) help?", "resnet18", "gem", train="rank",
          unlabeled_tsne=True, triplets=True),
@@ -81,15 +84,15 @@ def _choose(cfg: StudyConfig, role: str, name: str, head: str) -> Choice:
         net = create_model(f"{name}-{head_used}", weights="imagenet")
         return Choice(net.meta["name"], name, intended,
                       f"{name} ImageNet weights ({net.meta['provenance']}){fc7_note}", False, net.dim)
-    except DeepretError as exc:
-        reason = "not available offline" if "download" in str(exc) else f"not usable ({exc})"
-        if cfg.standin == name:
+    except WeightsUnavailableError as exc:
+        standin = cfg.standin_for(role)
+        if standin == name:
             raise DeepretError(f"the stand-in backbone {name} has no ImageNet weights either: {exc}") from exc
-    head_used, fc7_note = _head_for(cfg.standin, head)
-    model = f"{cfg.standin}-{head_used}"
+    head_used, fc7_note = _head_for(standin, head)
+    model = f"{standin}-{head_used}"
     net = create_model(model, weights="imagenet")  # fails loudly if the stand-in has no weights either
-    text = f"{cfg.standin} (ImageNet) standing in for {wanted}: {wanted} ImageNet weights {reason}{fc7_note}"
-    return Choice(model, cfg.standin, intended, text, True, net.dim)
+    text = f"{standin} (ImageNet) standing in for {wanted}: {wanted} ImageNet weights not available offline{fc7_note}"
+    return Choice(model, standin, intended, text, True, net.dim)
 
 
 def _head_for(backbone: str, head: str) -> tuple[str, str]:

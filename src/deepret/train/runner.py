@@ -17,6 +17,7 @@ from torch import nn
 
 from deepret.errors import DeepretError
 from deepret.models import RetrievalNet, save
+from deepret.models.network import read_checkpoint
 from deepret.precision import autocast, prepare_input, prepare_model, resolve_precision
 from deepret.runtime import tune_allocator
 
@@ -213,7 +214,7 @@ class Run:
             return None
         if not self.last.is_file():
             raise DeepretError(f"--resume: {self.last} not found; start without --resume")
-        ckpt = torch.load(self.last, map_location="cpu", weights_only=False)
+        ckpt = read_checkpoint(self.last)
         if ckpt["train"]["mode"] != self.mode:
             raise DeepretError(f"--resume: {self.last} is a `train {ckpt['train']['mode']}` run, "
                                f"not `train {self.mode}`")

@@ -7,13 +7,12 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
-from deepret.features import atomic_write_bytes
+from deepret.fileio import atomic_write_bytes
 
 
 def save_png(fig: Figure, out_path: str | os.PathLike, dpi: float | None = None) -> Path:
     """Render `fig` to PNG on a white background and write it to `out_path` (folders created)."""
     out = Path(out_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi, facecolor="white")
     atomic_write_bytes(out, buf.getvalue())

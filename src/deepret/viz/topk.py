@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -13,6 +12,7 @@ from matplotlib.figure import Figure
 from PIL import Image, ImageDraw, ImageOps, UnidentifiedImageError
 
 from deepret.errors import DeepretError
+from deepret.viz.png import save_png
 
 BORDER_COLOURS: dict[str, tuple[int, int, int]] = {
     "positive": (0, 200, 0),
@@ -110,14 +110,4 @@ def topk_figure(
         place(image, i // PER_ROW, 1 + i % PER_ROW, caption)
     fig.text(0.5, 1 - (TITLE_PX / 2) / height, title, ha="center", va="center", fontsize=13)
 
-    out = Path(out_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, format="png", dpi=DPI, facecolor="white")
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return out
+    return save_png(fig, out_path, dpi=DPI)

@@ -136,6 +136,6 @@ def tsne_plot(features: Features, bench: Benchmark, out_path: str | os.PathLike,
                            "pass --unlabeled to draw them all")
     points = embed_tsne(features.db[keep], seed=seed)
     if title is None:
-        model = features.meta.get("name", "model")
+        model = features.meta["model"]["name"]
         title = f"t-SNE of {bench.name}: {len(keep)} database images, {model}"
     return tsne_figure(points, [labels[i] for i in keep], out_path, title, show_unlabeled=unlabeled)

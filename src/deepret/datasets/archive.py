@@ -11,6 +11,7 @@ import zlib
 from pathlib import Path
 
 from deepret.errors import DeepretError
+from deepret.fileio import atomic_write_text
 
 
 def marker_path(jpg_dir: Path, archive_name: str) -> Path:
@@ -56,10 +57,7 @@ def extract_images(archive: Path, jpg_dir: Path) -> list[str]:
 
 
 def write_marker(jpg_dir: Path, archive_name: str, names: list[str]) -> None:
-    marker = marker_path(jpg_dir, archive_name)
-    tmp = marker.with_name(marker.name + ".tmp")
-    tmp.write_text("".join(f"{n}\n" for n in names))
-    os.replace(tmp, marker)
+    atomic_write_text(marker_path(jpg_dir, archive_name), "".join(f"{n}\n" for n in names))
 
 
 def _move_jpgs(src: Path, jpg_dir: Path) -> list[str]:
