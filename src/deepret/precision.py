@@ -20,20 +20,19 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 # Reduced precisions that keep oxford5k-mini mAP within 0.3 points of fp32, per backbone (in the
-# order `auto` prefers them). Measured with bench/precision_table.py, table and command in
-# docs/benchmarks.md ("Precision"). A backbone not listed (any other timm model) stays fp32 under
-# `auto`. The backbone registry may take this table over as a field of its descriptions.
+# order `auto` prefers them). Measured with bench/precision_table.py; table and commands in
+# docs/benchmarks.md ("Precision"): EfficientNet-Lite with real weights, fp32/bf16/fp16; AlexNet and
+# ResNet18/34/50 with random weights (no ImageNet weights offline), fp32/bf16 only. Backbones not
+# measured (ResNet101/152, VGG16: out of time on the shared CPU; any other timm model) stay fp32
+# under `auto`. The backbone registry may take this table over as a field of its descriptions.
 REDUCED_OK: dict[str, tuple[str, ...]] = {
-    "efficientnet_lite0": (),
-    "efficientnet_lite1": (),
-    "efficientnet_lite2": (),
-    "alexnet": (),
-    "vgg16": (),
-    "resnet18": (),
-    "resnet34": (),
-    "resnet50": (),
-    "resnet101": (),
-    "resnet152": (),
+    "efficientnet_lite0": ("bf16", "fp16"),
+    "efficientnet_lite1": ("bf16", "fp16"),
+    "efficientnet_lite2": ("bf16", "fp16"),
+    "alexnet": ("bf16",),
+    "resnet18": ("bf16",),
+    "resnet34": ("bf16",),
+    "resnet50": ("bf16",),
 }
 MAP_TOLERANCE = 0.3  # mAP points from fp32 that `auto` accepts
 
@@ -100,14 +99,13 @@ def autocast(device: torch.device | str, precision: str) -> AbstractContextManag
 
 def prepare_model(net: nn.Module, device: torch.device | str, precision: str) -> nn.Module:
     """Move `net` to `device`; reduced precisions also get channels-last weights (and cuDNN's
-    autotuner on CUDA). fp32 keeps the contiguous layout, so its results are the plain ones."""
+    autotuner on CUDA). fp32 gets (back) the contiguous layout, so its results are the plain ones."""
     device = torch.device(device)
-    net = net.to(device)
-    if precision != "fp32":
-        net = net.to(memory_format=torch.channels_last)
-        if device.type == "cuda":
-            torch.backends.cudnn.benchmark = True
-    return net
+    if precision == "fp32":
+        return net.to(device, memory_format=torch.contiguous_format)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    return net.to(device, memory_format=torch.channels_last)
 
 
 def prepare_input(x: torch.Tensor, precision: str) -> torch.Tensor:
