@@ -10,6 +10,7 @@ An update extracts the changed files first and commits all its changes in one tr
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import time
 from contextlib import ExitStack, contextmanager
@@ -113,7 +114,7 @@ def _identity(net: RetrievalNet, model: str, weights: str, settings: ExtractSett
               backend: str, uri: str | None, root: Path, max_pixels: int | None) -> dict:
     spec = str(Path(model).resolve()) if Path(model).is_file() else model
     return {"format": FORMAT, "root": str(root), "model": spec, "weights": weights, "model_name": net.meta["name"],
-            "fingerprint": model_fingerprint(net), "settings": settings.to_dict(), "dim": int(net.dim),
+            "fingerprint": model_fingerprint(net), "settings": json.loads(json.dumps(settings.to_dict())), "dim": int(net.dim),
             "factory": factory, "backend": backend, "uri": uri, "max_pixels": max_pixels}
 
 
@@ -129,8 +130,10 @@ def build_index(photos: str | Path, index_dir: str | Path, model: str = DEFAULT_
                 settings: ExtractSettings | None = None, factory: str = "Flat", backend: str = "faiss",
                 uri: str | None = None, train_on: str | Path | None = None, device: str | None = None,
                 progress: bool = True, max_pixels: int | None = DEFAULT_MAX_PIXELS, weights: str = "imagenet",
-                workers: int | None = None) -> "Index":
-    """Index every photo under `photos` into `index_dir`; resumes an interrupted build of it."""
+                workers: int | None = None, chunk: int = CHUNK) -> "Index":
+    """Index every photo under `photos` into `index_dir`; resumes an interrupted build of it.
+
+    Each `chunk` files are committed together: a stopped build loses at most one chunk's work."""
     from deepret.index.index import Index
     from deepret.train.runner import distributed, setup_device
 
@@ -150,13 +153,15 @@ def build_index(photos: str | Path, index_dir: str | Path, model: str = DEFAULT_
             stack.enter_context(writer_lock(index_dir))
             _prepare(index_dir, want, files)
         _barrier(world)
-        _extract_pending(index_dir, net, root, settings, device, max_pixels, workers, progress, rank, world,
+        _extract_pending(index_dir, net, root, settings, device, max_pixels, workers, progress, rank, world, chunk,
                          lambda cat: _training_vectors(net, train_on, settings, device, max_pixels, workers,
                                                        progress, factory))
-    return Index.open(index_dir, device=device)
+    index = Index.open(index_dir, device=device)
+    index.use_model(net)
+    return index
 
 
-def _extract_pending(index_dir, net, root, settings, device, max_pixels, workers, progress, rank, world,
+def _extract_pending(index_dir, net, root, settings, device, max_pixels, workers, progress, rank, world, chunk,
                      training) -> None:
     """This rank's share of the pending files, chunk by chunk; rank 0 then publishes the vectors."""
     cat = Catalogue(index_dir)
@@ -164,8 +169,8 @@ def _extract_pending(index_dir, net, root, settings, device, max_pixels, workers
         pending = cat.db.execute("SELECT id, path FROM files WHERE status = 'pending' ORDER BY id").fetchall()
         mine = pending[rank::world]
         with tqdm(total=len(mine), desc=f"index {root.name}", unit="img", disable=not progress or rank != 0) as bar:
-            for start in range(0, len(mine), CHUNK):
-                sizes, vectors, skipped = extract_files(net, root, mine[start:start + CHUNK], settings, device,
+            for start in range(0, len(mine), chunk):
+                sizes, vectors, skipped = extract_files(net, root, mine[start:start + chunk], settings, device,
                                                         max_pixels, workers, bar)
                 with cat.write() as db:
                     _record(db, sizes, vectors, skipped)
@@ -248,7 +253,7 @@ def update_index(index: "Index", paths: Sequence[str | Path] | None = None, prog
             next_id = int(cat.db.execute("SELECT COALESCE(MAX(seq), 0) FROM sqlite_sequence WHERE name = 'files'")
                           .fetchone()[0]) + 1
         rows = [(next_id + j, p) for j, p in enumerate(todo)]
-        sizes, vectors, skipped = {}, [], {}
+        sizes, vectors, skipped = {}, [np.zeros((0, index.meta["dim"]), np.float32)], {}
         with tqdm(total=len(rows), desc="update", unit="img", disable=not progress) as bar:
             for s in range(0, len(rows), CHUNK):
                 sz, v, sk = extract_files(net, root, rows[s:s + CHUNK], index.settings, index.device,
