@@ -113,13 +113,15 @@ def _record(db, sizes: dict[int, tuple[int, int]], vectors: np.ndarray, skipped:
 def _identity(net: RetrievalNet, model: str, weights: str, settings: ExtractSettings, factory: str,
               backend: str, uri: str | None, root: Path, max_pixels: int | None) -> dict:
     spec = str(Path(model).resolve()) if Path(model).is_file() else model
+    if uri and "://" not in uri:
+        uri = str(Path(uri).resolve())  # a Milvus Lite file
     return {"format": FORMAT, "root": str(root), "model": spec, "weights": weights, "model_name": net.meta["name"],
             "fingerprint": model_fingerprint(net), "settings": json.loads(json.dumps(settings.to_dict())), "dim": int(net.dim),
             "factory": factory, "backend": backend, "uri": uri, "max_pixels": max_pixels}
 
 
 def _check_same(meta: dict, want: dict, index_dir: Path) -> None:
-    for key in ("root", "fingerprint", "settings", "factory", "backend"):
+    for key in ("root", "fingerprint", "settings", "factory", "backend", "uri"):
         if meta.get(key) != want[key]:
             raise DeepretError(f"index {index_dir} was built with {key} {meta.get(key)!r}, not {want[key]!r}: "
                                f"give another --index folder, or update it with `deepret index update --index "
@@ -142,6 +144,9 @@ def build_index(photos: str | Path, index_dir: str | Path, model: str = DEFAULT_
         raise DeepretError(f"--backend {backend!r}: use faiss or milvus")
     if backend == "milvus" and not uri:
         raise DeepretError("--backend milvus needs --uri (./photos.db for Milvus Lite, or http://HOST:19530)")
+    if backend == "milvus" and factory != "Flat":
+        raise DeepretError(f"--factory {factory}: the Milvus backend searches exactly (FLAT); FAISS factories "
+                           "apply to --backend faiss")
     rank, world, _ = distributed()
     device = setup_device(device) if world > 1 else device
     net = get_model(model, weights=weights)
