@@ -28,6 +28,7 @@ from deepret.imageio import DEFAULT_MAX_PIXELS, ImageError, image_size
 from deepret.index.backends import open_backend
 from deepret.index.catalogue import CATALOGUE, FORMAT, Catalogue
 from deepret.models import DEFAULT_MODEL, RetrievalNet, get_model
+from deepret.vectors import VectorIndex, fitting_factories, min_train_vectors
 
 if TYPE_CHECKING:
     from deepret.index.index import Index
@@ -121,7 +122,9 @@ def _identity(net: RetrievalNet, model: str, weights: str, settings: ExtractSett
 
 
 def _check_same(meta: dict, want: dict, index_dir: Path) -> None:
-    for key in ("root", "fingerprint", "settings", "factory", "backend", "uri"):
+    """Refuse to resume another build in this folder (the factory may change until the build is done)."""
+    keys = ("root", "fingerprint", "settings", "backend", "uri") + (("factory",) if meta.get("state") == "ready" else ())
+    for key in keys:
         if meta.get(key) != want[key]:
             raise DeepretError(f"index {index_dir} was built with {key} {meta.get(key)!r}, not {want[key]!r}: "
                                f"give another --index folder, or update it with `deepret index update --index "
@@ -153,6 +156,7 @@ def build_index(photos: str | Path, index_dir: str | Path, model: str = DEFAULT_
     settings = resolve_settings(net, settings)
     want = _identity(net, model, weights, settings, factory, backend, uri, root, max_pixels)
     files = scan(root, exclude=index_dir)
+    _check_trainable(factory, len(files), train_on, net.dim)
     with ExitStack() as stack:
         if rank == 0:
             stack.enter_context(writer_lock(index_dir))
@@ -164,6 +168,16 @@ def build_index(photos: str | Path, index_dir: str | Path, model: str = DEFAULT_
     index = Index.open(index_dir, device=device)
     index.use_model(net)
     return index
+
+
+def _check_trainable(factory: str, n_files: int, train_on, dim: int) -> None:
+    """Before extracting anything: a factory that needs more training vectors than there are photos."""
+    VectorIndex(factory, dim)  # a clear error for an invalid factory string
+    need = min_train_vectors(factory)
+    if train_on is None and n_files < need:
+        raise DeepretError(f"factory {factory!r} needs at least {need} training vectors but the collection has "
+                           f"{n_files} photos: use one of {', '.join(fitting_factories(n_files, dim))}, or train on "
+                           "a larger collection (--train-on DIR)")
 
 
 def _extract_pending(index_dir, net, root, settings, device, max_pixels, workers, progress, rank, world, chunk,
@@ -204,6 +218,9 @@ def _prepare(index_dir: Path, want: dict, files: dict[str, tuple[int, int]]) -> 
     try:
         if not fresh:
             _check_same(cat.all_meta(), want, index_dir)
+            if cat.meta("state") != "ready":
+                with cat.write() as db:
+                    Catalogue.set_meta(db, factory=want["factory"])
         if fresh and want["backend"] == "milvus":
             want["collection"] = "deepret_" + want["fingerprint"][:12]
         with cat.write() as db:
@@ -219,8 +236,6 @@ def _training_vectors(net, train_on, settings, device, max_pixels, workers, prog
     """Descriptors of --train-on photos (None: train on the collection itself)."""
     if train_on is None:
         return None
-    from deepret.vectors import VectorIndex
-
     if VectorIndex(factory, net.dim).is_trained:
         return None
     root = Path(train_on).resolve()
