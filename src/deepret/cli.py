@@ -108,6 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--topk", type=positive_int, default=10, help="results in --figure (default 10)")
     p.add_argument("--factory", default=None, help="also evaluate a FAISS index, e.g. IVF64,Flat or HNSW32")
     p.add_argument("--search-params", default="", help="FAISS search parameters for --factory, e.g. nprobe=16")
+    p.add_argument("--rerank", default=None, metavar="SPEC",
+                   help="re-rank before evaluating, e.g. alpha-qe, dba+alpha-qe:n=5, diffusion (see docs/search.md)")
 
     p = sub.add_parser("search", help="draw a query and its top-K results")
     _add_model_options(p)
@@ -149,6 +151,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("study", help="compare the study's representations (1a-1i, with 1e-lw) on a benchmark, write report.html")
     add_study_arguments(p)
+
+    p = sub.add_parser("compression", help="mAP against bytes per vector: exact search, SQ, PQ and OPQ")
+    _add_model_options(p)
+    _add_benchmark_options(p)
+    p.add_argument("--train-on", default=None, help="train the quantizers on these, comma-separated: benchmark "
+                   "names under --root or image folders (default: the database itself)")
+    p.add_argument("--factories", default=None, help="FAISS factories separated by ';' (default: Flat, SQfp16, "
+                   "SQ8, PQ/OPQ with 8-64 sub-quantizers of 4- and 8-bit codes)")
+    p.add_argument("--out", type=Path, required=True, help="folder for compression.json, .md and .png")
+
+    p = sub.add_parser("robustness", help="mAP and per-query AP under flipped, rotated, downscaled and JPEG queries")
+    _add_model_options(p)
+    _add_benchmark_options(p)
+    p.add_argument("--transforms", default=None, help="comma-separated subset of: original, flip, rotate 5, "
+                   "rotate 10, rotate 90, rotate 180, downscale 1/2, 1/4, 1/8, jpeg 90, 50, 10 (default: all)")
+    p.add_argument("--out", type=Path, required=True, help="folder for robustness.json, .md and .png")
 
     p = sub.add_parser("download", help="download a benchmark's images and ground truth")
     p.add_argument("name", help="oxford5k, paris6k, roxford5k or rparis6k")
@@ -294,20 +312,25 @@ def _cmd_models(args) -> int:
     return 0
 
 
+def _run_options(args):
+    from deepret.extract import ExtractSettings
+    from deepret.pipeline import RunOptions
+
+    return RunOptions(ExtractSettings(size=args.size, scales=args.scales, flip=args.flip, precision=args.precision),
+                      crop_queries=not args.no_crop, cache_dir=args.cache_dir, use_cache=not args.no_cache,
+                      device=args.device, workers=args.workers, progress=not args.quiet)
+
+
 def _benchmark_run(args):
     from deepret.datasets import load_benchmark
-    from deepret.extract import ExtractSettings
     from deepret.models import get_model
-    from deepret.pipeline import RunOptions, benchmark_features
+    from deepret.pipeline import benchmark_features
 
     bench = load_benchmark(args.dataset, args.root)
     if getattr(args, "query", None) is not None:
         bench.check_query(args.query)
     net = get_model(args.model, weights=args.weights)
-    opts = RunOptions(ExtractSettings(size=args.size, scales=args.scales, flip=args.flip, precision=args.precision),
-                      crop_queries=not args.no_crop, cache_dir=args.cache_dir, use_cache=not args.no_cache,
-                      device=args.device, workers=args.workers, progress=not args.quiet)
-    features, path, cached = benchmark_features(net, bench, opts)
+    features, path, cached = benchmark_features(net, bench, _run_options(args))
     print(f"features: {path or 'not cached (--no-cache)'}{' (cached)' if cached else ''}, "
           f"size {features.meta['settings']['size']}", file=sys.stderr)
     return bench, features
@@ -328,9 +351,14 @@ def _cmd_eval(args) -> int:
     from deepret.fileio import atomic_write_text
     from deepret.pipeline import draw_topk, evaluate_features
 
+    if args.rerank:
+        from deepret.rerank import parse_rerank
+
+        args.rerank = parse_rerank(args.rerank).spec  # a bad spec fails before extraction
     bench, features = _benchmark_run(args)
-    results = evaluate_features(features, bench)
-    print(f"{bench.name} — {features.meta['model']['name']} ({features.db.shape[1]}-d, {features.meta['model']['provenance']})")
+    results = evaluate_features(features, bench, rerank=args.rerank)
+    print(f"{bench.name} — {features.meta['model']['name']} ({features.db.shape[1]}-d, {features.meta['model']['provenance']})"
+          + (f", re-ranked by {args.rerank}" if args.rerank else ""))
     print(format_table(results))
     if args.factory:
         from deepret.pipeline import evaluate_factory
@@ -343,6 +371,7 @@ def _cmd_eval(args) -> int:
             print(f"{name}: mAP {r.map:.2f} vs exact {results[name].map:.2f}")
     if args.json:
         report = {"dataset": bench.name, "model": features.meta["model"], "settings": features.meta["settings"],
+                  "rerank": args.rerank,
                   **results_to_json(results, qimlist=bench.qimlist)}
         atomic_write_text(args.json, json.dumps(report, indent=2))
         print(f"wrote {args.json}")
@@ -358,6 +387,38 @@ def _cmd_search(args) -> int:
     bench, features = _benchmark_run(args)
     draw_topk(features, bench, args.query, args.topk, args.out, crop_drawn=not args.no_crop)
     print(f"wrote {args.out}")
+    return 0
+
+
+def _cmd_compression(args) -> int:
+    from deepret.compression import (compression_study, default_factories, training_descriptors,
+                                     write_compression_report)
+    from deepret.models import get_model
+
+    bench, features = _benchmark_run(args)
+    sources = args.train_on.split(",") if args.train_on else []
+    train = (training_descriptors(sources, args.root, get_model(args.model, weights=args.weights), _run_options(args))
+             if sources else features.db)
+    factories = args.factories.split(";") if args.factories else default_factories(features.db.shape[1])
+    rows = compression_study(features.db, features.queries, bench.gnd, train, factories, progress=not args.quiet)
+    meta = {"dataset": bench.name, "model": features.meta["model"]["name"], "settings": features.meta["settings"],
+            "train_on": sources or ["the database itself"], "train_vectors": len(train)}
+    for path in write_compression_report(rows, meta, args.out):
+        print(f"wrote {path}")
+    return 0
+
+
+def _cmd_robustness(args) -> int:
+    from deepret.datasets import load_benchmark
+    from deepret.models import get_model
+    from deepret.robustness import parse_transforms, robustness_study, write_robustness_report
+
+    transforms = parse_transforms(args.transforms)
+    bench = load_benchmark(args.dataset, args.root)
+    report = robustness_study(get_model(args.model, weights=args.weights), bench, _run_options(args), transforms)
+    for path in write_robustness_report(report, args.out):
+        print(f"wrote {path}")
+    print(f"{len(report['transforms'])} query transforms x 2 descriptor settings in {report['seconds']:.0f} s")
     return 0
 
 
@@ -498,8 +559,8 @@ def _cmd_index(args) -> int:
 
 COMMANDS = {"models": _cmd_models, "extract": _cmd_extract, "eval": _cmd_eval, "search": _cmd_search,
             "download": _cmd_download, "convert-gt": _cmd_convert_gt, "train": _cmd_train, "whiten": _cmd_whiten,
-            "study": _cmd_study, "tsne": _cmd_tsne, "triplets": _cmd_triplets,
-            "index": _cmd_index}
+            "study": _cmd_study, "compression": _cmd_compression, "robustness": _cmd_robustness,
+            "tsne": _cmd_tsne, "triplets": _cmd_triplets, "index": _cmd_index}
 
 
 if __name__ == "__main__":

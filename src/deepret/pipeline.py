@@ -52,8 +52,13 @@ def benchmark_features(net: RetrievalNet, bench: Benchmark,
     return features, path, False
 
 
-def evaluate_features(features: Features, bench: Benchmark) -> dict[str, EvalResult]:
-    """mAP, mP@k and per-query AP for every protocol of the benchmark."""
+def evaluate_features(features: Features, bench: Benchmark, rerank: str | None = None) -> dict[str, EvalResult]:
+    """mAP, mP@k and per-query AP for every protocol of the benchmark; `rerank`: a deepret.rerank
+    spec (e.g. "dba+alpha-qe") applied to the ranking first."""
+    if rerank:
+        from deepret.rerank import parse_rerank
+
+        return evaluate(parse_rerank(rerank).ranks(features.db, features.queries), bench.gnd)
     return evaluate(similarities(features.db, features.queries), bench.gnd)
 
 
