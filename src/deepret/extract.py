@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from deepret.errors import DeepretError
-from deepret.imageio import BBox, image_size, open_rgb, target_shape, to_tensor
+from deepret.imageio import DEFAULT_MAX_PIXELS, BBox, ImageError, image_size, open_rgb, target_shape, to_tensor
 from deepret.models import RetrievalNet, l2n
 from deepret.runtime import default_workers, tune_allocator
 
@@ -36,6 +36,14 @@ class ExtractSettings:
         return asdict(self)
 
 
+def resolve_settings(net: RetrievalNet, settings: ExtractSettings | None) -> ExtractSettings:
+    """Settings with every unset field filled in for `net` (provisional: size None -> 1024)."""
+    settings = settings or ExtractSettings()
+    if settings.size is None:
+        settings = ExtractSettings(**{**settings.to_dict(), "size": 1024})
+    return settings
+
+
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -43,8 +51,10 @@ def default_device() -> torch.device:
 class _Images(Dataset):
     """Decodes item i at shape (H, W): keys are (i, H, W) tuples given by the batch sampler."""
 
-    def __init__(self, paths: Sequence[Path], bbxs: Sequence[BBox | None], mean, std) -> None:
+    def __init__(self, paths: Sequence[Path], bbxs: Sequence[BBox | None], mean, std, upright: bool = False,
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS) -> None:
         self.paths, self.bbxs, self.mean, self.std = paths, bbxs, mean, std
+        self.upright, self.max_pixels = upright, max_pixels
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -52,16 +62,25 @@ class _Images(Dataset):
     def __getitem__(self, key: tuple[int, int, int]):
         i, h, w = key
         try:
-            im = open_rgb(self.paths[i], self.bbxs[i], draft_to=(w, h))
-        except DeepretError as exc:  # travels to the main process as a value, raised there in one line
-            return i, str(exc)
+            im = open_rgb(self.paths[i], self.bbxs[i], draft_to=(w, h), upright=self.upright,
+                          max_pixels=self.max_pixels)
+        except ImageError as exc:  # travels to the main process as a value (its reason)
+            return i, exc.reason
         return i, to_tensor(im, (h, w), self.mean, self.std)
 
 
 def _collate(items):
-    """Stack a batch; a decoding error travels on as its message, raised in the main process."""
-    errors = [x for _, x in items if isinstance(x, str)]
-    return [i for i, _ in items], errors[0] if errors else torch.stack([x for _, x in items])
+    """(indices, stacked tensors, {index: reason}) of a batch: a decoding error drops only its image."""
+    ok = [(i, x) for i, x in items if not isinstance(x, str)]
+    errors = {i: x for i, x in items if isinstance(x, str)}
+    return [i for i, _ in ok], torch.stack([x for _, x in ok]) if ok else None, errors
+
+
+def failures_message(paths: Sequence[str | Path], failures: dict[int, str], shown: int = 3) -> str:
+    """One line naming the first `shown` broken images and how many there are."""
+    named = "; ".join(f"{paths[i]} {failures[i]}" for i in sorted(failures)[:shown])
+    more = f"; and {len(failures) - shown} more" if len(failures) > shown else ""
+    return f"{len(failures)} of {len(paths)} images cannot be used: {named}{more}: replace or remove them"
 
 
 def plan_batches(sizes: Sequence[tuple[int, int]], longest: int | None, round_to: int,
@@ -83,8 +102,17 @@ def plan_batches(sizes: Sequence[tuple[int, int]], longest: int | None, round_to
 def extract(net: RetrievalNet, paths: Sequence[str | Path], bbxs: Sequence[BBox | None] | None = None,
             settings: ExtractSettings = ExtractSettings(), device: torch.device | str | None = None,
             workers: int | None = None, max_batch_pixels: int = 4 * 1024 * 1024,
-            desc: str = "extract", progress: bool = True) -> np.ndarray:
-    """Descriptors (N, D) float32 of the images in `paths`, cropped to `bbxs` where given."""
+            desc: str = "extract", progress: bool = True, on_error: str = "raise", upright: bool = False,
+            max_pixels: int | None = DEFAULT_MAX_PIXELS):
+    """Descriptors (N, D) float32 of the images in `paths`, cropped to `bbxs` where given.
+
+    Every image that can be decoded is; the broken ones (missing, corrupt, above `max_pixels`) are
+    collected. on_error="raise" (default) then raises one DeepretError naming them; "skip" returns
+    `(descriptors, failures)` with `failures` {index: reason} and zero rows for those indices.
+    `upright` applies the EXIF orientation (collection photos; boxes are then upright too).
+    """
+    if on_error not in ("raise", "skip"):
+        raise ValueError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
     device = torch.device(device) if device is not None else default_device()
     workers = default_workers() if workers is None else workers
     if device.type == "cpu":
@@ -92,26 +120,41 @@ def extract(net: RetrievalNet, paths: Sequence[str | Path], bbxs: Sequence[BBox 
     paths = [Path(p) for p in paths]
     bbxs = list(bbxs) if bbxs is not None else [None] * len(paths)
     net = net.to(device).eval()
-    sizes = [image_size(p, b) for p, b in zip(paths, bbxs)]
+    failures: dict[int, str] = {}
+    sizes: dict[int, tuple[int, int]] = {}
+    for i, (p, b) in enumerate(zip(paths, bbxs)):
+        try:
+            sizes[i] = image_size(p, b, upright=upright, max_pixels=max_pixels)
+        except ImageError as exc:
+            failures[i] = exc.reason
+    usable = sorted(sizes)
     mean, std = net.meta["input"]["mean"], net.meta["input"]["std"]
     msp = _multiscale_power(net) if len(settings.scales) > 1 else 1.0
     acc = torch.zeros(len(paths), net.dim, dtype=torch.float64)
-    dataset = _Images(paths, bbxs, mean, std)
+    dataset = _Images(paths, bbxs, mean, std, upright=upright, max_pixels=max_pixels)
     total = len(paths) * len(settings.scales)
     with tqdm(total=total, desc=desc, unit="img", disable=not progress, leave=False) as bar:
+        bar.update(len(failures) * len(settings.scales))
         for scale in settings.scales:
-            batches = plan_batches(sizes, int(round(settings.size * scale)), settings.round_to,
-                                   max_batch_pixels, fixed=net.input_size)
-            for idx, x in _loader(dataset, batches, workers, device.type == "cuda"):
-                if isinstance(x, str):
-                    raise DeepretError(x)
-                v = _forward(net, x.to(device, non_blocking=True), settings.flip)
-                acc[idx] += v.double().cpu().pow(msp) if msp != 1.0 else v.double().cpu()
-                bar.update(len(idx))
+            batches = plan_batches([sizes[i] for i in usable], int(round(settings.size * scale)),
+                                   settings.round_to, max_batch_pixels, fixed=net.input_size)
+            batches = [[(usable[j], h, w) for j, h, w in batch] for batch in batches]
+            for idx, x, errors in _loader(dataset, batches, workers, device.type == "cuda"):
+                failures.update(errors)
+                if idx:
+                    v = _forward(net, x.to(device, non_blocking=True), settings.flip)
+                    acc[idx] += v.double().cpu().pow(msp) if msp != 1.0 else v.double().cpu()
+                bar.update(len(idx) + len(errors))
+    if failures and on_error == "raise":
+        raise DeepretError(failures_message(paths, failures))
     acc /= len(settings.scales)
     if msp != 1.0:
         acc = acc.pow(1.0 / msp)
-    return l2n(acc).float().numpy()
+    out = l2n(acc).float().numpy()
+    if on_error == "raise":
+        return out
+    out[sorted(failures)] = 0.0
+    return out, failures
 
 
 def _loader(dataset: Dataset, batches: list, workers: int, pin: bool) -> Iterator:

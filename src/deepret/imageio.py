@@ -1,6 +1,14 @@
-"""Reading photos: header sizes, query crops, resizing to a target shape, normalising to a tensor."""
+"""Reading photos: header sizes, query crops, resizing to a target shape, normalising to a tensor.
+
+Collection photos are read upright (`upright=True` applies the EXIF orientation); benchmarks keep
+their raw pixels, since their boxes are in raw coordinates. Every reader refuses images above a
+pixel limit (decompression bombs) and turns any decoding failure into an `ImageError` naming the
+file; grayscale, CMYK, 16-bit, palette, alpha (composited on white) and animated (first frame)
+images all become RGB.
+"""
 from __future__ import annotations
 
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -12,37 +20,99 @@ from PIL import Image, UnidentifiedImageError
 from deepret.errors import DeepretError
 
 BBox = Sequence[float]
+DEFAULT_MAX_PIXELS = 100_000_000  # 100 Mpx: above any camera, below a decompression bomb
+# EXIF orientation -> the transpose that makes the pixels upright (as PIL.ImageOps.exif_transpose)
+_ORIENT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+           5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+           8: Image.Transpose.ROTATE_90}
+
+
+class ImageError(DeepretError):
+    """An image that cannot be used: `path` and a short `reason` (kept for skipped-file lists)."""
+
+    def __init__(self, path: str | Path, reason: str, advice: str = "replace or remove it") -> None:
+        self.path, self.reason = str(path), reason
+        super().__init__(f"image {path} {reason}: {advice}")
+
+    def __reduce__(self):  # picklable across DataLoader workers
+        return ImageError, (self.path, self.reason)
 
 
 @contextmanager
-def _opened(path: str | Path) -> Iterator[Image.Image]:
-    """Image.open with one-line DeepretErrors for missing and corrupt files."""
+def _opened(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Iterator[Image.Image]:
+    """Image.open with ImageErrors for missing, corrupt and oversized files."""
     try:
-        with Image.open(path) as im:
-            yield im
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            if max_pixels is not None and Image.MAX_IMAGE_PIXELS is not None:
+                Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS, max_pixels // 2 + 1)  # our limit rules
+            with Image.open(path) as im:
+                w, h = im.size
+                if max_pixels is not None and w * h > max_pixels:
+                    raise ImageError(path, f"has {w}x{h} = {w * h / 1e6:.0f} Mpx, above the limit of "
+                                           f"{max_pixels / 1e6:g} Mpx", "raise --max-pixels if you trust it")
+                if w * h == 0:
+                    raise ImageError(path, "is empty (0 pixels)")
+                yield im
+    except ImageError:
+        raise
     except FileNotFoundError:
-        raise DeepretError(f"image {path} not found: check the dataset root or run `deepret download`") from None
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-        raise DeepretError(f"image {path} is corrupt or not an image ({exc}): replace or remove it") from None
+        raise ImageError(path, "not found", "check the dataset root or run `deepret download`") from None
+    except Image.DecompressionBombError as exc:
+        raise ImageError(path, f"is a decompression bomb ({exc})", "raise --max-pixels if you trust it") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise ImageError(path, f"is corrupt or not an image ({exc})") from None
 
 
-def open_rgb(path: str | Path, bbx: BBox | None = None, draft_to: tuple[int, int] | None = None) -> Image.Image:
-    """Decode `path` as RGB, cropped to `bbx` (x1, y1, x2, y2 in original pixels) when given.
+def _orientation(im: Image.Image) -> int:
+    try:
+        return int(im.getexif().get(0x0112, 1))
+    except Exception:  # a broken EXIF block does not make the pixels unusable
+        return 1
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    """RGB from any mode: 16/32-bit and float scaled to 8 bits, alpha composited on white."""
+    if im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+        a = np.asarray(im, dtype=np.float64)
+        top = 65535.0 if im.mode.startswith("I;16") or a.max(initial=0) > 255 else 255.0
+        im = Image.fromarray(np.clip(a * (255.0 / top), 0, 255).astype(np.uint8), "L")
+    if im.mode == "P" and "transparency" in im.info:
+        im = im.convert("RGBA")
+    if im.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = im.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return im.convert("RGB")
+
+
+def open_rgb(path: str | Path, bbx: BBox | None = None, draft_to: tuple[int, int] | None = None,
+             upright: bool = False, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Decode `path` as RGB, cropped to `bbx` (x1, y1, x2, y2 in pixels) when given.
 
     `draft_to` (w, h) lets the JPEG decoder scale down by a power of two while staying >= that size.
+    `upright` applies the EXIF orientation first (the box is then in upright coordinates).
     """
-    with _opened(path) as im:
-        full_w, full_h = im.size
+    with _opened(path, max_pixels) as im:
+        turn = _ORIENT.get(_orientation(im)) if upright else None
         if draft_to is not None and bbx is None:
-            im.draft("RGB", draft_to)
-        im = im.convert("RGB")
-        return im.crop(_clip_box(bbx, full_w, full_h)) if bbx is not None else im
+            swap = turn in (Image.Transpose.TRANSPOSE, Image.Transpose.TRANSVERSE,
+                            Image.Transpose.ROTATE_90, Image.Transpose.ROTATE_270)
+            im.draft("RGB", draft_to[::-1] if swap else draft_to)
+        im.seek(0)  # animated: the first frame
+        im = _to_rgb(im)
+        if turn is not None:
+            im = im.transpose(turn)
+        return im.crop(_clip_box(bbx, *im.size)) if bbx is not None else im
 
 
-def image_size(path: str | Path, bbx: BBox | None = None) -> tuple[int, int]:
+def image_size(path: str | Path, bbx: BBox | None = None, upright: bool = False,
+               max_pixels: int | None = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
     """(width, height) from the file header (or of the bbx crop), without decoding pixels."""
-    with _opened(path) as im:
+    with _opened(path, max_pixels) as im:
         w, h = im.size
+        if upright and _orientation(im) in (5, 6, 7, 8):
+            w, h = h, w
     if bbx is None:
         return w, h
     x1, y1, x2, y2 = _clip_box(bbx, w, h)

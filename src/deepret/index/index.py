@@ -1,0 +1,204 @@
+"""An open index: describe a query with the index's own model, search it, map ids to photos.
+
+`Index.open(DIR)` reads the catalogue and loads the vector backend; every search first checks the
+catalogue's version (one small query) and picks up what another process committed since, so a
+long-running searcher (the web app) sees updates without reopening. Methods are thread-safe.
+"""
+from __future__ import annotations
+
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from PIL import Image
+
+from deepret.errors import DeepretError
+from deepret.extract import ExtractSettings, extract
+from deepret.features import model_fingerprint
+from deepret.index.backends import open_backend
+from deepret.index.build import UpdateReport, update_index
+from deepret.index.catalogue import Catalogue
+from deepret.models import RetrievalNet, get_model
+
+BBox = Sequence[float]
+
+
+@dataclass
+class SearchHit:
+    id: int
+    path: str  # relative to Index.root, '/' separators
+    score: float
+
+
+@dataclass
+class SearchResult:
+    hits: list[SearchHit]
+    total: int  # images in the index
+    timings: dict[str, float]  # milliseconds: "describe", "search", "rerank" (those that ran)
+
+
+class Index:
+    """A built index folder: catalogue.sqlite + vector backend."""
+
+    def __init__(self, index_dir: str | Path, device: str | None = None) -> None:
+        self.catalogue = Catalogue(index_dir)
+        self.lock = threading.RLock()
+        self.meta = self.catalogue.all_meta()
+        if self.meta.get("state") != "ready":
+            self.catalogue.close()
+            raise DeepretError(f"the build of index {index_dir} has not finished: run the same `deepret index "
+                               "build` again to resume it")
+        self.root = Path(self.meta["root"])
+        self.device = device
+        self.settings = ExtractSettings(**{**self.meta["settings"], "scales": tuple(self.meta["settings"]["scales"])})
+        self.backend = open_backend(self.catalogue)
+        self._net: RetrievalNet | None = None
+        self._version = -1
+        self.refresh()
+
+    @classmethod
+    def open(cls, index_dir: str | Path, device: str | None = None) -> "Index":
+        return cls(index_dir, device)
+
+    # --- state
+    def refresh(self) -> None:
+        """Pick up changes committed by any process since the last look."""
+        with self.lock:
+            version = self.catalogue.version()
+            if version != self._version:
+                self.backend.refresh(self.catalogue)
+                self.meta = self.catalogue.all_meta()
+                self._version = version
+
+    def backend_publish(self) -> None:
+        """After a committed change: let the backend catch up (a new FAISS file when due, Milvus sync)."""
+        self.backend.publish(self.catalogue)
+
+    def load_model(self) -> RetrievalNet:
+        """The index's network, loaded once; refused if its weights changed since the build."""
+        with self.lock:
+            if self._net is None:
+                net = get_model(self.meta["model"], weights=self.meta.get("weights", "imagenet"))
+                if model_fingerprint(net) != self.meta["fingerprint"]:
+                    raise DeepretError(f"model {self.meta['model']} is not the one index {self.catalogue.dir} was "
+                                       "built with (its weights differ): restore that model or build a new index")
+                self._net = net
+            return self._net
+
+    def check_model(self, net: RetrievalNet) -> None:
+        """Refuse descriptors from another model than the index's."""
+        if model_fingerprint(net) != self.meta["fingerprint"]:
+            raise DeepretError(f"model {net.meta['name']} is not index {self.catalogue.dir}'s model "
+                               f"({self.meta['model_name']}): query and update with the index's own model")
+
+    # --- queries
+    def describe(self, image: str | Path | Image.Image, box: BBox | None = None) -> np.ndarray:
+        """(D,) float32 descriptor of `image` (cropped to `box`, upright coordinates), index's settings."""
+        net = self.load_model()
+        if isinstance(image, Image.Image):
+            with tempfile.TemporaryDirectory(prefix="deepret-query-") as tmp:
+                path = Path(tmp) / "query.png"
+                image.save(path, compress_level=0)
+                return self.describe(path, box)
+        return extract(net, [Path(image)], [box] if box is not None else None, settings=self.settings,
+                       device=self.device, workers=0, progress=False, upright=True,
+                       max_pixels=self.meta.get("max_pixels"))[0]
+
+    def search(self, image: str | Path | Image.Image, box: BBox | None = None, k: int = 10, offset: int = 0,
+               rerank: str | None = None) -> SearchResult:
+        start = time.perf_counter()
+        v = self.describe(image, box)
+        result = self.search_vector(v, k, offset, rerank)
+        result.timings = {"describe": (time.perf_counter() - start) * 1e3 - result.timings["search"], **result.timings}
+        return result
+
+    def search_id(self, image_id: int, box: BBox | None = None, k: int = 10, offset: int = 0,
+                  rerank: str | None = None) -> SearchResult:
+        if box is not None:
+            return self.search(self.path_of(image_id), box, k, offset, rerank)
+        return self.search_vector(self.vector_of(image_id), k, offset, rerank)
+
+    def search_vector(self, v: np.ndarray, k: int = 10, offset: int = 0, rerank: str | None = None) -> SearchResult:
+        if rerank is not None:
+            raise DeepretError("re-ranking is not available yet")
+        if k < 1 or offset < 0:
+            raise DeepretError(f"k={k}, offset={offset}: k must be >= 1 and offset >= 0")
+        v = np.asarray(v, dtype=np.float32).reshape(1, -1)
+        if v.shape[1] != self.meta["dim"]:
+            raise DeepretError(f"a {v.shape[1]}-d query for index {self.catalogue.dir} of {self.meta['dim']}-d "
+                               f"vectors ({self.meta['model_name']}): query with the index's own model")
+        start = time.perf_counter()
+        with self.lock:
+            self.refresh()
+            scores, ids = self.backend.search(v, k + offset)
+            found = [(int(i), float(s)) for i, s in zip(ids[0][offset:], scores[0][offset:]) if i >= 0]
+            paths = self._paths([i for i, _ in found])
+            total = len(self)
+        hits = [SearchHit(i, paths[i], s) for i, s in found if i in paths]
+        return SearchResult(hits, total, {"search": (time.perf_counter() - start) * 1e3})
+
+    def _paths(self, ids: list[int]) -> dict[int, str]:
+        if not ids:
+            return {}
+        marks = ",".join("?" * len(ids))
+        return dict(self.catalogue.db.execute(
+            f"SELECT id, path FROM files WHERE status = 'ok' AND id IN ({marks})", ids).fetchall())
+
+    def vector_of(self, image_id: int) -> np.ndarray:
+        """The stored descriptor of an image (DeepretError for an unknown id)."""
+        with self.lock:
+            row = self.catalogue.db.execute("SELECT vec FROM vectors WHERE id = ?", (int(image_id),)).fetchone()
+        if row is None:
+            raise DeepretError(f"image id {image_id} is not in index {self.catalogue.dir}")
+        return np.frombuffer(row[0], dtype=np.float32).copy()
+
+    def vectors(self) -> tuple[np.ndarray, np.ndarray]:
+        """(ids (N,), descriptors (N, D)) of every indexed image, in storage order (for re-ranking)."""
+        with self.lock, self.catalogue.read():
+            ids, x, _ = self.catalogue.vectors(self.meta["dim"])
+        return ids, x
+
+    def path_of(self, image_id: int) -> Path:
+        with self.lock:
+            path = self.catalogue.path_of(image_id)
+        if path is None:
+            raise DeepretError(f"image id {image_id} is not in index {self.catalogue.dir}")
+        return self.root / path
+
+    # --- changes
+    def add_files(self, paths: list[str | Path]) -> UpdateReport:
+        """Index these files (inside root) now: new or changed ones are extracted and searchable at once."""
+        return update_index(self, paths)
+
+    def update(self, progress: bool = False) -> UpdateReport:
+        """Rescan root: add new files, re-extract changed ones (size or mtime), remove deleted ones."""
+        return update_index(self, None, progress=progress)
+
+    # --- facts
+    def info(self) -> dict:
+        with self.lock:
+            self.refresh()
+            m = self.meta
+            return {"root": str(self.root), "images": len(self), "skipped": self.catalogue.skipped(),
+                    "model": m["model"], "model_name": m["model_name"], "fingerprint": m["fingerprint"],
+                    "settings": m["settings"], "dim": m["dim"], "factory": m["factory"], "backend": m["backend"],
+                    "uri": m.get("uri"), "bytes_per_vector": self.backend.bytes_per_vector()}
+
+    def __len__(self) -> int:
+        with self.lock:
+            return self.catalogue.count("ok")
+
+    def close(self) -> None:
+        with self.lock:
+            self.backend.close()
+            self.catalogue.close()
+
+    def __enter__(self) -> "Index":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
