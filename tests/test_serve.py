@@ -47,6 +47,13 @@ def client(built):
         yield c
 
 
+@pytest.fixture(scope="module")
+def ids(client) -> list[int]:
+    """The ids of the 35 indexed photos, sorted."""
+    answer = _upload(client, _real_jpeg(), k=35).json()
+    return sorted(h["id"] for h in answer["results"])
+
+
 def _jpeg(path: Path) -> bytes:
     return Path(path).read_bytes()
 
@@ -95,13 +102,13 @@ def test_a_box_changes_the_query(client):
     assert {h["id"]: h["score"] for h in whole["results"]} != {h["id"]: h["score"] for h in boxed["results"]}
 
 
-def test_search_by_id_finds_itself_first_and_pages_cover_the_ranking_once(client):
-    first = client.post("/api/search", data={"id": 3, "k": 35}).json()
-    assert first["results"][0]["id"] == 3 and first["results"][0]["score"] == pytest.approx(1.0, abs=1e-4)
+def test_search_by_id_finds_itself_first_and_pages_cover_the_ranking_once(client, ids):
+    first = client.post("/api/search", data={"id": ids[3], "k": 35}).json()
+    assert first["results"][0]["id"] == ids[3] and first["results"][0]["score"] == pytest.approx(1.0, abs=1e-4)
     assert first["query"]["source"] == "id" and first["more"] is False
     pages, offset = [], 0
     while True:
-        page = client.post("/api/search", data={"id": 3, "k": 10, "offset": offset}).json()
+        page = client.post("/api/search", data={"id": ids[3], "k": 10, "offset": offset}).json()
         assert page["offset"] == offset
         pages += page["results"]
         offset += 10
@@ -109,23 +116,23 @@ def test_search_by_id_finds_itself_first_and_pages_cover_the_ranking_once(client
             break
     assert offset == 40 and len(pages) == 35
     assert [h["id"] for h in pages] == [h["id"] for h in first["results"]]
-    beyond = client.post("/api/search", data={"id": 3, "k": 10, "offset": 100}).json()
+    beyond = client.post("/api/search", data={"id": ids[3], "k": 10, "offset": 100}).json()
     assert beyond["results"] == [] and beyond["more"] is False
 
 
-def test_search_by_id_with_a_box(client):
-    whole = client.post("/api/search", data={"id": 10, "k": 5}).json()
+def test_search_by_id_with_a_box(client, ids):
+    whole = client.post("/api/search", data={"id": ids[10], "k": 5}).json()
     w, h = whole["query"]["width"], whole["query"]["height"]
-    boxed = client.post("/api/search", data={"id": 10, "k": 5, "box": f"0,0,{w // 2},{h // 2}"}).json()
+    boxed = client.post("/api/search", data={"id": ids[10], "k": 5, "box": f"0,0,{w // 2},{h // 2}"}).json()
     assert boxed["query"]["box"] == [0, 0, w // 2, h // 2]
     assert boxed["results"][0]["score"] < 0.9999  # a crop is not the photo itself
 
 
-def test_rerank_toggles_change_the_grid(client):
+def test_rerank_toggles_change_the_grid(client, ids):
     pytest.importorskip("deepret.rerank")
-    plain = client.post("/api/search", data={"id": 10, "k": 35}).json()
+    plain = client.post("/api/search", data={"id": ids[10], "k": 35}).json()
     for spec in ("alpha-qe", "diffusion"):
-        answer = client.post("/api/search", data={"id": 10, "k": 35, "rerank": spec})
+        answer = client.post("/api/search", data={"id": ids[10], "k": 35, "rerank": spec})
         assert answer.status_code == 200, answer.json()
         assert answer.json()["rerank"] == spec
         assert [h["score"] for h in answer.json()["results"]] != [h["score"] for h in plain["results"]]
@@ -133,9 +140,9 @@ def test_rerank_toggles_change_the_grid(client):
 
 # --- images and thumbnails -----------------------------------------------------------------------
 
-def test_image_and_cached_upright_thumbnail(client, built):
+def test_image_and_cached_upright_thumbnail(client, built, ids):
     index_dir, photos = built
-    hit = client.post("/api/search", data={"id": 0, "k": 1}).json()["results"][0]
+    hit = client.post("/api/search", data={"id": ids[0], "k": 1}).json()["results"][0]
     original = client.get(f"/api/images/{hit['id']}")
     assert original.status_code == 200 and original.content == (photos / hit["path"]).read_bytes()
     thumb = client.get(f"/api/images/{hit['id']}/thumb", params={"size": 100})
@@ -203,16 +210,17 @@ BAD_FORMS = {
 
 
 @pytest.mark.parametrize("kind", BAD_FORMS)
-def test_bad_form_fields_get_a_one_line_4xx(client, kind):
+def test_bad_form_fields_get_a_one_line_4xx(client, ids, kind):
     fields, status = BAD_FORMS[kind]
     _assert_one_line_error(_upload(client, _real_jpeg(), **fields), status)
-    _assert_one_line_error(client.post("/api/search", data={"id": 0, **fields}), status)
+    _assert_one_line_error(client.post("/api/search", data={"id": ids[0], **fields}), status)
 
 
 @pytest.mark.parametrize("data, status", [
     ({}, 422),                           # neither file nor id
     ({"id": "999"}, 404),                # unknown id
     ({"id": "-1"}, 404),
+    ({"id": "0"}, 404),
     ({"id": "../../etc/passwd"}, 422),   # ids are numbers
     ({"id": "1e3"}, 422),
 ])
@@ -255,9 +263,9 @@ def test_traversal_never_reaches_a_file_outside(client, url):
     assert b"root:" not in response.content and b"def create_app" not in response.content
 
 
-def test_a_symlink_pointing_out_of_the_collection_is_not_served(client, built, tmp_path):
+def test_a_symlink_pointing_out_of_the_collection_is_not_served(client, built, ids, tmp_path):
     _, photos = built
-    hit = client.post("/api/search", data={"id": 5, "k": 1}).json()["results"][0]
+    hit = client.post("/api/search", data={"id": ids[5], "k": 1}).json()["results"][0]
     victim = photos / hit["path"]
     outside = tmp_path / "secret.jpg"
     outside.write_bytes(victim.read_bytes())
@@ -275,20 +283,20 @@ def test_a_symlink_pointing_out_of_the_collection_is_not_served(client, built, t
 
 # --- auth and exposure ---------------------------------------------------------------------------
 
-def test_every_api_call_needs_the_token_when_one_is_set(built):
+def test_every_api_call_needs_the_token_when_one_is_set(built, ids):
     with _client(built[0], token="s3cret") as c:
         good = {"Authorization": "Bearer s3cret"}
         _wait_ready(c, headers=good)
-        for method, url in (("get", "/api/health"), ("get", "/api/info"), ("get", "/api/images/0"),
-                            ("get", "/api/images/0/thumb"), ("post", "/api/search"), ("post", "/api/images")):
+        for method, url in (("get", "/api/health"), ("get", "/api/info"), ("get", f"/api/images/{ids[0]}"),
+                            ("get", f"/api/images/{ids[0]}/thumb"), ("post", "/api/search"), ("post", "/api/images")):
             for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret"},
                             {"Authorization": "Basic s3cret"}):
                 response = getattr(c, method)(url, headers=headers)
                 assert response.status_code == 401, (url, headers)
                 assert response.headers["www-authenticate"] == "Bearer"
         assert c.get("/api/info", headers=good).status_code == 200
-        assert c.get("/api/images/0/thumb", headers=good).status_code == 200
-        assert c.post("/api/search", data={"id": 0}, headers=good).status_code == 200
+        assert c.get(f"/api/images/{ids[0]}/thumb", headers=good).status_code == 200
+        assert c.post("/api/search", data={"id": ids[0]}, headers=good).status_code == 200
         assert c.get("/").status_code == 200  # the page itself asks for the token
 
 

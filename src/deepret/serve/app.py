@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import tempfile
 import threading
 import time
 from contextlib import asynccontextmanager
@@ -195,9 +196,12 @@ def _search(state: ServeState, photo: Photo | None, image_id: int | None, box_te
     start = time.perf_counter()
     try:
         if photo is not None:
-            w, h = photo.image.size
+            w, h = photo.width, photo.height
             box = parse_box(box_text, w, h)
-            result = state.index.search(photo.image, box=box, k=k, offset=offset, rerank=rerank)
+            with tempfile.NamedTemporaryFile(prefix="deepret-query-", suffix=photo.extension) as f:
+                f.write(photo.data)  # the original bytes: the index decodes them upright (EXIF) itself
+                f.flush()
+                result = state.index.search(f.name, box=box, k=k, offset=offset, rerank=rerank)
             query = {"source": "upload", "name": photo.name}
         else:
             path = state.photo_path(image_id)
@@ -225,8 +229,8 @@ def _add(state: ServeState, photos: list[Photo]) -> dict:
         paths = [atomic_write_bytes(folder / upload_name(p), p.data) for p in photos]
         try:
             report = state.index.add_files(paths)
-        except DeepretError as exc:
-            raise BadInput(400, str(exc).splitlines()[0]) from None
+        except DeepretError as exc:  # e.g. another process is updating the index: the files wait for an update
+            raise BadInput(409, str(exc).splitlines()[0]) from None
     return {"added": [_relative(state, p) for p in paths], "report": _json_safe(_report_dict(report)),
             "images": len(state.index)}
 

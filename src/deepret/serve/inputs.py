@@ -34,12 +34,13 @@ class BadInput(Exception):
 
 @dataclass
 class Photo:
-    """A checked upload: the upright decoded RGB image, its original bytes and their format."""
+    """A checked upload: its original bytes, their format and the photo's upright size."""
 
-    image: Image.Image
     data: bytes
     format: str
     name: str
+    width: int
+    height: int
 
     @property
     def extension(self) -> str:
@@ -56,7 +57,7 @@ def check_size(n_bytes: int, max_bytes: int, name: str = "upload") -> None:
 
 def decode_photo(data: bytes, name: str, max_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
                  max_pixels: int = DEFAULT_MAX_PIXELS) -> Photo:
-    """Decode uploaded bytes into an upright RGB image, refusing what is not a whole, reasonable photo.
+    """Check that uploaded bytes are a whole, reasonable photo by decoding them; its upright size.
 
     The pixel limit is checked on the header, before any pixel is decoded (decompression bombs).
     """
@@ -78,13 +79,13 @@ def decode_photo(data: bytes, name: str, max_bytes: int = DEFAULT_MAX_UPLOAD_BYT
             raise BadInput(400, f"{name} has no pixels: send a photo")
         try:
             im.load()
-            upright = ImageOps.exif_transpose(im).convert("RGB")
+            upright = ImageOps.exif_transpose(im)
         except Image.DecompressionBombError:
             raise BadInput(413, f"{name} has too many pixels: send a smaller photo") from None
         except (OSError, SyntaxError, ValueError, EOFError) as exc:
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise BadInput(400, f"{name} is corrupt or truncated ({reason}): send the whole photo") from None
-        return Photo(upright, data, im.format, name)
+        return Photo(data, im.format, name, upright.width, upright.height)
 
 
 def upright_size(path: str | Path) -> tuple[int, int]:
