@@ -88,6 +88,13 @@ def _request(url: str, fields: dict | None = None, files: list[tuple[str, str, b
         return exc.code, json.loads(exc.read())
 
 
+def _ids(url: str) -> list[int]:
+    """The ids of the photos in the index behind `url`, sorted."""
+    query = serve_collection.query()[0].read_bytes()
+    answer = _request(url + "/api/search", {"k": "100"}, [("file", "q.jpg", query)])[1]
+    return sorted(h["id"] for h in answer["results"])
+
+
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     return serve_collection.build(tmp_path_factory.mktemp("serve-browser"))
@@ -184,8 +191,9 @@ def test_a_stalled_client_does_not_block_a_search(server):
         s.sendall(partial)
         stalled.append(s)
     try:
-        status, answer = _request(server.url + "/api/search", {"id": "0", "k": "3"}, timeout=60)
-        assert status == 200 and answer["results"][0]["id"] == 0
+        first = _ids(server.url)[0]
+        status, answer = _request(server.url + "/api/search", {"id": str(first), "k": "3"}, timeout=60)
+        assert status == 200 and answer["results"][0]["id"] == first
     finally:
         for s in stalled:
             s.close()
@@ -196,10 +204,11 @@ def test_concurrent_searches_while_uploads_are_added(server, built):
     before = _request(server.url + "/api/info")[1]["images"]
     query = serve_collection.query("paris_louvre_000081")[0].read_bytes()
     extra = sorted((serve_collection.benchmark()[0]).glob("paris_moulinrouge_*.jpg"))[-3:]
+    ids = _ids(server.url)
 
     def search(i: int):
         if i % 2:
-            return _request(server.url + "/api/search", {"id": str(i % 30), "k": "5"})
+            return _request(server.url + "/api/search", {"id": str(ids[i % len(ids)]), "k": "5"})
         return _request(server.url + "/api/search", {"k": "5"}, [("file", "q.jpg", query)])
 
     def upload(path: Path):
@@ -217,35 +226,34 @@ def test_concurrent_searches_while_uploads_are_added(server, built):
         assert found["results"][0]["path"] == answer["added"][0] and found["results"][0]["score"] > 0.999
 
 
-def test_a_server_killed_while_adding_an_upload_leaves_a_readable_index(built, tmp_path):
+def test_a_server_killed_while_adding_an_upload_leaves_a_readable_index(server, built):
+    """Runs last: it kills the module's server (SIGKILL) just after the upload is saved, while the index adds it."""
     from deepret.index import Index
 
     index_dir, photos = built
-    srv = Server(index_dir, tmp_path / "killed.log", "--allow-uploads")
-    try:
-        before = _request(srv.url + "/api/info")[1]["images"]
-        uploads = photos / "uploads"
-        known = set(uploads.iterdir()) if uploads.exists() else set()
-        photo = serve_collection.query("paris_defense_000056")[0].read_bytes()
-        sender = threading.Thread(target=lambda: _swallow(
-            lambda: _request(srv.url + "/api/images", {}, [("files", "d.jpg", photo)], timeout=60)), daemon=True)
-        sender.start()
-        deadline = time.monotonic() + 60
-        while not (set(uploads.iterdir()) - known if uploads.exists() else set()):  # the photo is saved: it is being added
-            assert time.monotonic() < deadline
-            time.sleep(0.005)
-        srv.proc.kill()
-        srv.proc.wait()
-        sender.join(timeout=30)
-    finally:
-        srv.stop()
-    index = Index.open(index_dir)
-    try:
+    before = _request(server.url + "/api/info")[1]["images"]
+    uploads = photos / "uploads"
+
+    def saved() -> set[Path]:  # finished uploads (atomic writes show up as hidden .tmp files first)
+        return {p for p in uploads.iterdir() if not p.name.startswith(".")} if uploads.exists() else set()
+
+    known = saved()
+    photo = serve_collection.query("paris_defense_000056")[0].read_bytes()
+    sender = threading.Thread(target=lambda: _swallow(
+        lambda: _request(server.url + "/api/images", {}, [("files", "d.jpg", photo)], timeout=60)), daemon=True)
+    sender.start()
+    deadline = time.monotonic() + 60
+    while not saved() - known:
+        assert time.monotonic() < deadline, "the upload was never saved"
+        time.sleep(0.002)
+    server.proc.kill()
+    server.proc.wait()
+    sender.join(timeout=30)
+    with Index.open(index_dir) as index:
         assert len(index) in (before, before + 1)
-        hits = index.search_id(0, k=3).hits
-        assert hits[0].id == 0 and len(hits) == 3
-    finally:
-        index.close()
+        some = index.search(serve_collection.query()[0], k=3).hits[0].id
+        hits = index.search_id(some, k=3).hits
+        assert hits[0].id == some and len(hits) == 3
 
 
 def _swallow(call):
