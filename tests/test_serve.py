@@ -334,6 +334,9 @@ def test_an_upload_is_saved_safely_and_searchable_at_once(built):
         bad = c.post("/api/images", files=[("files", ("../../evil.jpg", data, "image/jpeg")),
                                            ("files", ("x.txt", b"not a photo", "text/plain"))])
         _assert_one_line_error(bad, 415)
+        gif = io.BytesIO()
+        Image.open(photo).convert("P").save(gif, "GIF")
+        _assert_one_line_error(c.post("/api/images", files=[("files", ("a.gif", gif.getvalue(), "image/gif"))]), 415)
         assert not (photos / "uploads").exists() or not list((photos / "uploads").iterdir())  # all or nothing
         added = c.post("/api/images", files=[("files", ("../../evil.jpg", data, "image/jpeg"))])
         assert added.status_code == 200, added.text

@@ -26,6 +26,7 @@ from starlette.concurrency import run_in_threadpool
 
 from deepret.errors import DeepretError
 from deepret.fileio import atomic_write_bytes
+from deepret.index.build import PHOTO_SUFFIXES
 from deepret.serve.inputs import (DEFAULT_MAX_PIXELS, DEFAULT_MAX_UPLOAD_BYTES, BadInput, Photo, check_size,
                                   decode_photo, inside, parse_box, upload_name, upright_size)
 from deepret.serve.limits import BodyLimit
@@ -178,6 +179,10 @@ def _api(state: ServeState) -> APIRouter:
         if len(files) > MAX_FILES_PER_UPLOAD:
             raise BadInput(413, f"{len(files)} files in one request: send at most {MAX_FILES_PER_UPLOAD}")
         photos = [await _read_photo(state, f) for f in files]
+        for p in photos:
+            if p.extension not in PHOTO_SUFFIXES:
+                raise BadInput(415, f"{p.name} is a {p.format} file, which the index does not take: send "
+                                    f"{', '.join(s.lstrip('.').upper() for s in PHOTO_SUFFIXES)}")
         return await run_in_threadpool(_add, state, photos)
 
     return api
