@@ -355,3 +355,16 @@ def test_an_upload_is_saved_safely_and_searchable_at_once(built):
         w, h = Image.open(photo).size
         assert w != h and (thumb.width > thumb.height) == (w > h)
         assert _names(answer)[1] in positives
+
+
+def test_the_serve_command_refuses_a_folder_that_is_not_an_index(tmp_path, capsys, monkeypatch):
+    from deepret.cli import main
+
+    monkeypatch.delenv("DEEPRET_TOKEN", raising=False)
+    assert main(["serve", "--index", str(tmp_path), "--host", "0.0.0.0", "--port", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "deepret: warning: serving on 0.0.0.0 without a token" in err
+    assert f"deepret: error: {tmp_path} is not a deepret index" in err
+    assert list(tmp_path.iterdir()) == []  # nothing written
+    assert main(["serve", "--index", str(tmp_path), "--max-upload-mb", "0"]) == 2
+    assert "--max-upload-mb 0" in capsys.readouterr().err
