@@ -59,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--figure", type=Path, default=None, help="write the top-k figure of --query here (PNG)")
     p.add_argument("--query", type=int, default=0, help="query index for --figure (default 0)")
     p.add_argument("--topk", type=int, default=10, help="results in --figure (default 10)")
+    p.add_argument("--factory", default=None, help="also evaluate a FAISS index, e.g. IVF64,Flat or HNSW32")
+    p.add_argument("--search-params", default="", help="FAISS search parameters for --factory, e.g. nprobe=16")
 
     p = sub.add_parser("search", help="draw a query and its top-K results")
     _add_model_options(p)
@@ -68,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="PNG file to write")
 
     _add_train_parsers(sub)
+    _add_index_parsers(sub)
     _add_serve_parser(sub)
 
     p = sub.add_parser("whiten", help="learn PCA-whitening or Lw on labelled images, save a checkpoint")
@@ -153,6 +156,51 @@ def _add_train_parsers(sub) -> None:
             p.add_argument("--multires", type=_parse_scales, default=(1.0,), help="training scales, e.g. 0.75,1,1.25")
 
 
+def _parse_box(text: str) -> tuple[float, float, float, float]:
+    try:
+        box = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        box = ()
+    if len(box) != 4 or box[2] <= box[0] or box[3] <= box[1]:
+        raise argparse.ArgumentTypeError(f"--box {text!r}: give x1,y1,x2,y2 with x2 > x1 and y2 > y1")
+    return box
+
+
+def _add_index_parsers(sub) -> None:
+    index = sub.add_parser("index", help="index a folder of photos and search it with any image")
+    actions = index.add_subparsers(dest="action", required=True)
+    p = actions.add_parser("build", help="index every photo under PHOTOS (resumes an interrupted build)")
+    p.add_argument("photos", type=Path, help="folder of photos (jpg, jpeg, png, webp, bmp, tif; searched recursively)")
+    p.add_argument("--index", required=True, type=Path, help="index folder to write")
+    _add_model_options(p)
+    p.add_argument("--size", type=int, default=None, help="longest image side in pixels (default: the model's)")
+    p.add_argument("--scales", type=_parse_scales, default=(1.0,), help="e.g. 1,0.707,1.414 (default 1)")
+    p.add_argument("--flip", action="store_true", help="average with the horizontally flipped image")
+    p.add_argument("--factory", default="Flat", help="FAISS factory: Flat (exact, default), HNSW32, IVF1024,Flat, "
+                                                     "IVF1024,PQ32, OPQ32,IVF1024,PQ32 ...")
+    p.add_argument("--train-on", type=Path, default=None, help="train the factory's quantizers on these photos")
+    p.add_argument("--backend", choices=("faiss", "milvus"), default="faiss")
+    p.add_argument("--uri", default=None, help="Milvus: ./photos.db (Milvus Lite) or http://HOST:19530")
+    p.add_argument("--max-pixels", type=int, default=None, help="skip larger images (default 100 Mpx)")
+    p.add_argument("--workers", type=int, default=None, help="image decoding processes")
+    p.add_argument("--quiet", action="store_true")
+    p = actions.add_parser("update", help="add new photos, re-extract changed ones, remove deleted ones")
+    p.add_argument("--index", required=True, type=Path)
+    p.add_argument("--device", default=None)
+    p.add_argument("--quiet", action="store_true")
+    p = actions.add_parser("info", help="counts, model, factory, bytes per vector, skipped files")
+    p.add_argument("--index", required=True, type=Path)
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p = actions.add_parser("search", help="search the index with an image")
+    p.add_argument("--index", required=True, type=Path)
+    p.add_argument("image", type=Path, help="query photo")
+    p.add_argument("--box", type=_parse_box, default=None, help="x1,y1,x2,y2: search with this part of the photo")
+    p.add_argument("--topk", type=int, default=10)
+    p.add_argument("--json", type=Path, default=None, help="write the results here")
+    p.add_argument("--figure", type=Path, default=None, help="draw the query and its top K here (PNG)")
+    p.add_argument("--device", default=None)
+
+
 def _add_serve_parser(sub) -> None:
     p = sub.add_parser("serve", help="web app and HTTP API over an index (FastAPI under uvicorn)")
     p.add_argument("--index", required=True, type=Path, help="an index folder made by `deepret index build`")
@@ -226,6 +274,15 @@ def _cmd_eval(args) -> int:
     results = evaluate_features(features, bench)
     print(f"{bench.name} — {features.meta['model']['name']} ({features.db.shape[1]}-d, {features.meta['model']['provenance']})")
     print(format_table(results))
+    if args.factory:
+        from deepret.pipeline import evaluate_factory
+
+        approx = evaluate_factory(features, bench, args.factory, args.search_params)
+        print(f"\nFAISS {args.factory}{' ' + args.search_params if args.search_params else ''} "
+              f"(exact search above):")
+        print(format_table(approx))
+        for name, r in approx.items():
+            print(f"{name}: mAP {r.map:.2f} vs exact {results[name].map:.2f}")
     if args.json:
         report = {"dataset": bench.name, "model": features.meta["model"], "settings": features.meta["settings"],
                   **results_to_json(results, qimlist=bench.qimlist)}
@@ -323,6 +380,61 @@ def _cmd_study(args) -> int:
     return 0
 
 
+def _cmd_index(args) -> int:
+    from deepret.index import Index, build_index
+
+    if args.action == "build":
+        from deepret.extract import ExtractSettings
+        from deepret.imageio import DEFAULT_MAX_PIXELS
+
+        index = build_index(args.photos, args.index, model=args.model, weights=args.weights,
+                            settings=ExtractSettings(size=args.size, scales=args.scales, flip=args.flip),
+                            factory=args.factory, backend=args.backend, uri=args.uri, train_on=args.train_on,
+                            device=args.device, progress=not args.quiet, workers=args.workers,
+                            max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS)
+        if os.environ.get("RANK", "0") == "0":
+            info = index.info()
+            print(f"{args.index}: {info['images']} images indexed, {len(info['skipped'])} skipped "
+                  f"(see `deepret index info --index {args.index}`)")
+        return 0
+    with Index.open(args.index, device=getattr(args, "device", None)) as index:
+        if args.action == "update":
+            report = index.update(progress=not args.quiet)
+            print(f"{args.index}: {report.added} added, {report.changed} changed, {report.removed} removed, "
+                  f"{len(report.skipped)} skipped, {len(index)} images")
+            for s in report.skipped:
+                print(f"  skipped {s['path']}: {s['reason']}")
+        elif args.action == "info":
+            info = index.info()
+            if args.json:
+                print(json.dumps(info, indent=2))
+                return 0
+            for key in ("root", "images", "model", "fingerprint", "settings", "dim", "factory", "backend",
+                        "bytes_per_vector"):
+                print(f"{key}: {info[key]}")
+            print(f"skipped: {len(info['skipped'])}")
+            for s in info["skipped"]:
+                print(f"  {s['path']}: {s['reason']}")
+        else:
+            result = index.search(args.image, box=args.box, k=args.topk)
+            for rank, hit in enumerate(result.hits, 1):
+                print(f"{rank}\t{hit.score:.4f}\t{hit.path}")
+            if args.json:
+                from deepret.fileio import atomic_write_text
+
+                atomic_write_text(args.json, json.dumps(
+                    {"query": str(args.image), "box": args.box, "total": result.total, "timings_ms": result.timings,
+                     "hits": [{"id": h.id, "path": h.path, "score": h.score} for h in result.hits]}, indent=2))
+                print(f"wrote {args.json}")
+            if args.figure:
+                from deepret.viz import topk_figure
+
+                topk_figure(args.image, args.box, [index.root / h.path for h in result.hits],
+                            ["result"] * len(result.hits), args.figure, title=f"{args.image.name} in {index.root.name}",
+                            scores=[h.score for h in result.hits])
+                print(f"wrote {args.figure}")
+
+
 def _cmd_serve(args) -> int:
     from deepret.serve import serve
 
@@ -335,7 +447,8 @@ def _cmd_serve(args) -> int:
 
 COMMANDS = {"models": _cmd_models, "extract": _cmd_extract, "eval": _cmd_eval, "search": _cmd_search,
             "download": _cmd_download, "convert-gt": _cmd_convert_gt, "train": _cmd_train, "whiten": _cmd_whiten,
-            "study": _cmd_study, "tsne": _cmd_tsne, "triplets": _cmd_triplets}
+            "study": _cmd_study, "tsne": _cmd_tsne, "triplets": _cmd_triplets,
+            "index": _cmd_index}
 COMMANDS["serve"] = _cmd_serve
 
 

@@ -52,6 +52,13 @@ def evaluate_features(features: Features, bench: Benchmark) -> dict[str, EvalRes
     return evaluate(rank_database(features.db, features.queries), bench.gnd)
 
 
+def evaluate_factory(features: Features, bench: Benchmark, factory: str, params: str = "") -> dict[str, EvalResult]:
+    """Like evaluate_features, searched with a FAISS factory (trained on the database) instead of exactly."""
+    from deepret.vectors import factory_ranks
+
+    return evaluate(factory_ranks(features.db, features.queries, factory, params=params), bench.gnd)
+
+
 def draw_topk(features: Features, bench: Benchmark, query: int, k: int, out: str | Path,
               results: dict[str, EvalResult] | None = None, crop_drawn: bool = True) -> Path:
     """The top-k figure of `query`: its bbx drawn, results bordered by their ground-truth label."""

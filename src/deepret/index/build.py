@@ -10,6 +10,7 @@ An update extracts the changed files first and commits all its changes in one tr
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import time
 from contextlib import ExitStack, contextmanager
@@ -27,6 +28,7 @@ from deepret.imageio import DEFAULT_MAX_PIXELS, ImageError, image_size
 from deepret.index.backends import open_backend
 from deepret.index.catalogue import CATALOGUE, FORMAT, Catalogue
 from deepret.models import DEFAULT_MODEL, RetrievalNet, get_model
+from deepret.vectors import VectorIndex, fitting_factories, min_train_vectors
 
 if TYPE_CHECKING:
     from deepret.index.index import Index
@@ -112,13 +114,17 @@ def _record(db, sizes: dict[int, tuple[int, int]], vectors: np.ndarray, skipped:
 def _identity(net: RetrievalNet, model: str, weights: str, settings: ExtractSettings, factory: str,
               backend: str, uri: str | None, root: Path, max_pixels: int | None) -> dict:
     spec = str(Path(model).resolve()) if Path(model).is_file() else model
+    if uri and "://" not in uri:
+        uri = str(Path(uri).resolve())  # a Milvus Lite file
     return {"format": FORMAT, "root": str(root), "model": spec, "weights": weights, "model_name": net.meta["name"],
-            "fingerprint": model_fingerprint(net), "settings": settings.to_dict(), "dim": int(net.dim),
+            "fingerprint": model_fingerprint(net), "settings": json.loads(json.dumps(settings.to_dict())), "dim": int(net.dim),
             "factory": factory, "backend": backend, "uri": uri, "max_pixels": max_pixels}
 
 
 def _check_same(meta: dict, want: dict, index_dir: Path) -> None:
-    for key in ("root", "fingerprint", "settings", "factory", "backend"):
+    """Refuse to resume another build in this folder (the factory may change until the build is done)."""
+    keys = ("root", "fingerprint", "settings", "backend", "uri") + (("factory",) if meta.get("state") == "ready" else ())
+    for key in keys:
         if meta.get(key) != want[key]:
             raise DeepretError(f"index {index_dir} was built with {key} {meta.get(key)!r}, not {want[key]!r}: "
                                f"give another --index folder, or update it with `deepret index update --index "
@@ -129,8 +135,10 @@ def build_index(photos: str | Path, index_dir: str | Path, model: str = DEFAULT_
                 settings: ExtractSettings | None = None, factory: str = "Flat", backend: str = "faiss",
                 uri: str | None = None, train_on: str | Path | None = None, device: str | None = None,
                 progress: bool = True, max_pixels: int | None = DEFAULT_MAX_PIXELS, weights: str = "imagenet",
-                workers: int | None = None) -> "Index":
-    """Index every photo under `photos` into `index_dir`; resumes an interrupted build of it."""
+                workers: int | None = None, chunk: int = CHUNK) -> "Index":
+    """Index every photo under `photos` into `index_dir`; resumes an interrupted build of it.
+
+    Each `chunk` files are committed together: a stopped build loses at most one chunk's work."""
     from deepret.index.index import Index
     from deepret.train.runner import distributed, setup_device
 
@@ -139,24 +147,40 @@ def build_index(photos: str | Path, index_dir: str | Path, model: str = DEFAULT_
         raise DeepretError(f"--backend {backend!r}: use faiss or milvus")
     if backend == "milvus" and not uri:
         raise DeepretError("--backend milvus needs --uri (./photos.db for Milvus Lite, or http://HOST:19530)")
+    if backend == "milvus" and factory != "Flat":
+        raise DeepretError(f"--factory {factory}: the Milvus backend searches exactly (FLAT); FAISS factories "
+                           "apply to --backend faiss")
     rank, world, _ = distributed()
     device = setup_device(device) if world > 1 else device
     net = get_model(model, weights=weights)
     settings = resolve_settings(net, settings)
     want = _identity(net, model, weights, settings, factory, backend, uri, root, max_pixels)
     files = scan(root, exclude=index_dir)
+    _check_trainable(factory, len(files), train_on, net.dim)
     with ExitStack() as stack:
         if rank == 0:
             stack.enter_context(writer_lock(index_dir))
             _prepare(index_dir, want, files)
         _barrier(world)
-        _extract_pending(index_dir, net, root, settings, device, max_pixels, workers, progress, rank, world,
+        _extract_pending(index_dir, net, root, settings, device, max_pixels, workers, progress, rank, world, chunk,
                          lambda cat: _training_vectors(net, train_on, settings, device, max_pixels, workers,
                                                        progress, factory))
-    return Index.open(index_dir, device=device)
+    index = Index.open(index_dir, device=device)
+    index.use_model(net)
+    return index
 
 
-def _extract_pending(index_dir, net, root, settings, device, max_pixels, workers, progress, rank, world,
+def _check_trainable(factory: str, n_files: int, train_on, dim: int) -> None:
+    """Before extracting anything: a factory that needs more training vectors than there are photos."""
+    VectorIndex(factory, dim)  # a clear error for an invalid factory string
+    need = min_train_vectors(factory)
+    if train_on is None and n_files < need:
+        raise DeepretError(f"factory {factory!r} needs at least {need} training vectors but the collection has "
+                           f"{n_files} photos: use one of {', '.join(fitting_factories(n_files, dim))}, or train on "
+                           "a larger collection (--train-on DIR)")
+
+
+def _extract_pending(index_dir, net, root, settings, device, max_pixels, workers, progress, rank, world, chunk,
                      training) -> None:
     """This rank's share of the pending files, chunk by chunk; rank 0 then publishes the vectors."""
     cat = Catalogue(index_dir)
@@ -164,8 +188,8 @@ def _extract_pending(index_dir, net, root, settings, device, max_pixels, workers
         pending = cat.db.execute("SELECT id, path FROM files WHERE status = 'pending' ORDER BY id").fetchall()
         mine = pending[rank::world]
         with tqdm(total=len(mine), desc=f"index {root.name}", unit="img", disable=not progress or rank != 0) as bar:
-            for start in range(0, len(mine), CHUNK):
-                sizes, vectors, skipped = extract_files(net, root, mine[start:start + CHUNK], settings, device,
+            for start in range(0, len(mine), chunk):
+                sizes, vectors, skipped = extract_files(net, root, mine[start:start + chunk], settings, device,
                                                         max_pixels, workers, bar)
                 with cat.write() as db:
                     _record(db, sizes, vectors, skipped)
@@ -194,6 +218,9 @@ def _prepare(index_dir: Path, want: dict, files: dict[str, tuple[int, int]]) -> 
     try:
         if not fresh:
             _check_same(cat.all_meta(), want, index_dir)
+            if cat.meta("state") != "ready":
+                with cat.write() as db:
+                    Catalogue.set_meta(db, factory=want["factory"])
         if fresh and want["backend"] == "milvus":
             want["collection"] = "deepret_" + want["fingerprint"][:12]
         with cat.write() as db:
@@ -209,8 +236,6 @@ def _training_vectors(net, train_on, settings, device, max_pixels, workers, prog
     """Descriptors of --train-on photos (None: train on the collection itself)."""
     if train_on is None:
         return None
-    from deepret.vectors import VectorIndex
-
     if VectorIndex(factory, net.dim).is_trained:
         return None
     root = Path(train_on).resolve()
@@ -248,7 +273,7 @@ def update_index(index: "Index", paths: Sequence[str | Path] | None = None, prog
             next_id = int(cat.db.execute("SELECT COALESCE(MAX(seq), 0) FROM sqlite_sequence WHERE name = 'files'")
                           .fetchone()[0]) + 1
         rows = [(next_id + j, p) for j, p in enumerate(todo)]
-        sizes, vectors, skipped = {}, [], {}
+        sizes, vectors, skipped = {}, [np.zeros((0, index.meta["dim"]), np.float32)], {}
         with tqdm(total=len(rows), desc="update", unit="img", disable=not progress) as bar:
             for s in range(0, len(rows), CHUNK):
                 sz, v, sk = extract_files(net, root, rows[s:s + CHUNK], index.settings, index.device,

@@ -89,6 +89,12 @@ class Index:
                 self._net = net
             return self._net
 
+    def use_model(self, net: RetrievalNet) -> None:
+        """Use this already loaded network (checked to be the index's own) instead of loading it again."""
+        self.check_model(net)
+        with self.lock:
+            self._net = net
+
     def check_model(self, net: RetrievalNet) -> None:
         """Refuse descriptors from another model than the index's."""
         if model_fingerprint(net) != self.meta["fingerprint"]:

@@ -18,6 +18,7 @@ BORDER_COLOURS: dict[str, tuple[int, int, int]] = {
     "positive": (0, 200, 0),
     "negative": (220, 0, 0),
     "junk": (128, 128, 128),
+    "result": (40, 110, 220),  # no ground truth (a search of one's own photos)
 }
 BBX_COLOUR = (255, 220, 0)
 PER_ROW = 5  # results per row

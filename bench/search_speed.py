@@ -1,0 +1,205 @@
+"""Search and indexing speed of deepret.index, each figure against a baseline run in the same process.
+
+    python bench/search_speed.py --n 100000 --queries 1000 --photos 40 --json search_speed.json
+
+1. exact search on N synthetic L2-normalised 512-d vectors (a mixture of 1000 Gaussian clusters;
+   the queries are held-out draws of the same mixture): deepret's FAISS backend (an index written
+   and loaded the way `deepret index` does it) against bare faiss.IndexFlatIP and a numpy matrix
+   product + argpartition, top-10, all queries in one batch, interleaved, best of --repeat;
+2. every factory of the issue through deepret.vectors.VectorIndex: build time (training on a
+   --train subsample + adding), bytes per vector, queries/s and recall@10 against exact search;
+3. index build on real photos (rparis6k-mini): `build_index` images/s against bare extraction
+   (get_model + extract) of the same files at the same settings, interleaved;
+4. an update that adds one photo to an index holding N 1280-d vectors: its time against rewriting
+   the vector file from the stored descriptors (the cheapest full rebuild, no extraction), whether
+   the vector file was rewritten, and how many stored vectors the searcher re-read.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from deepret.extract import ExtractSettings, extract
+from deepret.index import Index, build_index
+from deepret.index.backends import FaissBackend
+from deepret.index.catalogue import Catalogue
+from deepret.models import DEFAULT_MODEL, get_model
+from deepret.vectors import VectorIndex
+
+FACTORIES = [("Flat", ""), ("HNSW32", "efSearch=64"), ("IVF1024,Flat", "nprobe=16"), ("IVF1024,PQ32", "nprobe=16"),
+             ("OPQ32,IVF1024,PQ32", "nprobe=16")]
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def mixture(n: int, dim: int, rng: np.random.Generator, centers: np.ndarray) -> np.ndarray:
+    x = centers[rng.integers(0, len(centers), n)] + 0.6 * rng.standard_normal((n, dim)).astype(np.float32) / np.sqrt(dim) * 4
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def best(fn, repeat: int) -> tuple[float, object]:
+    times, out = [], None
+    for _ in range(repeat):
+        t = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t)
+    return min(times), out
+
+
+def fill_catalogue(cat: Catalogue, x: np.ndarray, first_id: int = 1, batch: int = 20000) -> None:
+    for s in range(0, len(x), batch):
+        ids = list(range(first_id + s, first_id + s + len(x[s:s + batch])))
+        with cat.write() as db:
+            db.executemany("INSERT INTO files (id, path, status) VALUES (?, ?, 'ok')", [(i, f"synthetic/{i}.jpg") for i in ids])
+            Catalogue.store(db, ids, x[s:s + batch])
+            Catalogue.bump(db)
+
+
+def exact_search(xb, xq, k, repeat, tmp: Path) -> dict:
+    cat = Catalogue(tmp / "exact", create=True)
+    fill_catalogue(cat, xb)
+    FaissBackend(cat.dir, "Flat", xb.shape[1]).publish(cat, force=True)
+    ours = FaissBackend(cat.dir, "Flat", xb.shape[1])
+    ours.refresh(cat)
+    bare = faiss.IndexFlatIP(xb.shape[1])
+    bare.add(xb)
+
+    def numpy_topk():
+        s = xq @ xb.T
+        part = np.argpartition(-s, k, axis=1)[:, :k]
+        return np.take_along_axis(part, np.argsort(-np.take_along_axis(s, part, 1), 1), 1)
+
+    t = {"deepret": [], "faiss.IndexFlatIP": [], "numpy": []}
+    for _ in range(repeat):  # interleaved
+        t["deepret"].append(best(lambda: ours.search(xq, k), 1)[0])
+        t["faiss.IndexFlatIP"].append(best(lambda: bare.search(xq, k), 1)[0])
+        t["numpy"].append(best(numpy_topk, 1)[0])
+    _, ids_ours = ours.search(xq, k)
+    _, ids_bare = bare.search(xq, k)
+    same = float(np.mean(ids_ours - 1 == ids_bare))
+    qps = {name: len(xq) / min(v) for name, v in t.items()}
+    cat.close()
+    return {"qps": qps, "deepret_vs_faiss": qps["deepret"] / qps["faiss.IndexFlatIP"],
+            "deepret_vs_numpy": qps["deepret"] / qps["numpy"], "same_results": same}, ids_bare
+
+
+def factories(xb, xq, exact_ids, k, n_train, rng) -> list[dict]:
+    rows = []
+    train = xb[rng.choice(len(xb), min(n_train, len(xb)), replace=False)]
+    for factory, params in FACTORIES:
+        t = time.perf_counter()
+        vi = VectorIndex(factory, xb.shape[1])
+        vi.train(train)
+        vi.add(xb, np.arange(len(xb)))
+        build_s = time.perf_counter() - t
+        vi.set_params(params)
+        search_s, (_, ids) = best(lambda: vi.search(xq, k), 2)
+        recall = float(np.mean([len(set(a) & set(b)) / k for a, b in zip(ids, exact_ids)]))
+        rows.append({"factory": factory, "params": params, "build_s": build_s, "bytes_per_vector": vi.bytes_per_vector(),
+                     "qps": len(xq) / search_s, "recall@10": recall})
+        print(json.dumps(rows[-1]), flush=True)
+    flat = rows[0]["qps"]
+    for r in rows:
+        r["speedup_vs_exact"] = r["qps"] / flat
+    return rows
+
+
+def photo_build(n_photos: int, size: int, repeat: int, tmp: Path) -> dict:
+    photos = tmp / "photos"
+    photos.mkdir()
+    for p in sorted((DATA / "rparis6k-mini" / "jpg").glob("*.jpg"))[:n_photos]:
+        shutil.copy(p, photos / p.name)
+    settings = ExtractSettings(size=size)
+    paths = sorted(photos.iterdir())
+    bare, index = [], []
+    for r in range(repeat):
+        bare.append(best(lambda: extract(get_model(DEFAULT_MODEL), paths, settings=settings, progress=False), 1)[0])
+        index.append(best(lambda: build_index(photos, tmp / f"ix{r}", settings=settings, progress=False).close(), 1)[0])
+    return {"photos": len(paths), "size": size, "bare_img_s": len(paths) / min(bare),
+            "index_img_s": len(paths) / min(index), "ratio": min(bare) / min(index)}
+
+
+def one_photo_update(n: int, tmp: Path) -> dict:
+    photos = tmp / "upd"
+    photos.mkdir()
+    jpgs = sorted((DATA / "rparis6k-mini" / "jpg").glob("*.jpg"))
+    for p in jpgs[:2]:
+        shutil.copy(p, photos / p.name)
+    index = build_index(photos, tmp / "upd-ix", settings=ExtractSettings(size=256), progress=False)
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((n, index.meta["dim"])).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    cat = index.catalogue
+    fill_catalogue(cat, x, first_id=10)
+    t = time.perf_counter()
+    index.backend.publish(cat, force=True)  # the vector file of N + 2 vectors, from the stored descriptors
+    rebuild_s = time.perf_counter() - t
+    index.refresh()
+    file = tmp / "upd-ix" / cat.meta("base")["file"]
+    stamp = file.stat().st_mtime_ns
+    read = []
+    real = Catalogue.vectors
+
+    def counting(self, dim, after_seq=0, upto_seq=None):
+        out = real(self, dim, after_seq, upto_seq)
+        read.append(len(out[0]))
+        return out
+
+    Catalogue.vectors = counting
+    shutil.copy(jpgs[5], photos / "new.jpg")
+    t = time.perf_counter()
+    report = index.add_files([photos / "new.jpg"])
+    update_s = time.perf_counter() - t
+    Catalogue.vectors = real
+    found = index.search(photos / "new.jpg", k=1).hits[0].path == "new.jpg"
+    out = {"vectors": len(index), "update_s": update_s, "rebuild_vector_file_s": rebuild_s,
+           "update_vs_rebuild": update_s / rebuild_s, "added": report.added,
+           "vector_file_rewritten": file.stat().st_mtime_ns != stamp, "stored_vectors_read": int(sum(read)),
+           "new_photo_found_first": found}
+    index.close()
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n", type=int, default=1_000_000)
+    ap.add_argument("--queries", type=int, default=1000)
+    ap.add_argument("--dim", type=int, default=512)
+    ap.add_argument("--train", type=int, default=50_000, help="training subsample for IVF/PQ/OPQ")
+    ap.add_argument("--photos", type=int, default=40)
+    ap.add_argument("--size", type=int, default=256)
+    ap.add_argument("--update-n", type=int, default=100_000)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--json", type=Path, default=None)
+    args = ap.parse_args()
+    rng = np.random.default_rng(0)
+    centers = rng.standard_normal((1000, args.dim)).astype(np.float32)
+    centers /= np.linalg.norm(centers, axis=1, keepdims=True)
+    xb, xq = mixture(args.n, args.dim, rng, centers), mixture(args.queries, args.dim, rng, centers)
+    out = {"machine": platform.processor() or platform.machine(), "faiss": faiss.__version__,
+           "threads": faiss.omp_get_max_threads(), "args": {k: str(v) for k, v in vars(args).items()}}
+    with tempfile.TemporaryDirectory(prefix="deepret-bench-") as tmp:
+        tmp = Path(tmp)
+        out["exact"], exact_ids = exact_search(xb, xq, 10, args.repeat, tmp)
+        print(json.dumps(out["exact"]), flush=True)
+        out["factories"] = factories(xb, xq, exact_ids, 10, args.train, rng)
+        del xb
+        out["photo_build"] = photo_build(args.photos, args.size, 2, tmp)
+        print(json.dumps(out["photo_build"]), flush=True)
+        out["update"] = one_photo_update(args.update_n, tmp)
+        print(json.dumps(out["update"]), flush=True)
+    text = json.dumps(out, indent=2)
+    print(text)
+    if args.json:
+        args.json.write_text(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,286 @@
+"""deepret.index on real photos: build, search, update, resume after kill -9, concurrent readers."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import deepret.index.build as build_mod
+from deepret.cli import main
+from deepret.errors import DeepretError
+from deepret.extract import ExtractSettings
+from deepret.index import Index, build_index, scan
+
+from conftest import require_data
+
+SETTINGS = ExtractSettings(size=256)
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+
+def make_collection(folder: Path, n: int = 10) -> dict[str, str]:
+    """n real Paris photos (one in a sub-folder, upper-case suffix) and four broken files."""
+    photos = sorted(require_data("rparis6k-mini", "jpg").glob("*.jpg"))[:n]
+    folder.mkdir(parents=True)
+    for p in photos[:-1]:
+        shutil.copy(p, folder / p.name)
+    (folder / "sub").mkdir()
+    shutil.copy(photos[-1], folder / "sub" / (photos[-1].stem + ".JPG"))
+    (folder / "empty.jpg").write_bytes(b"")
+    (folder / "garbage.png").write_bytes(b"\x89PNG not a png")
+    (folder / "truncated.jpg").write_bytes(photos[0].read_bytes()[:700])
+    Image.new("L", (12000, 10000)).save(folder / "huge.png")
+    (folder / "notes.txt").write_text("not a photo")
+    return {"empty.jpg": "corrupt", "garbage.png": "corrupt", "truncated.jpg": "corrupt", "huge.png": "Mpx"}
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    base = tmp_path_factory.mktemp("index")
+    broken = make_collection(base / "photos")
+    index = build_index(base / "photos", base / "ix", settings=SETTINGS, progress=False)
+    yield base, index, broken
+    index.close()
+
+
+def test_build_lists_photos_recursively_and_skips_broken_files_with_reasons(built):
+    base, index, broken = built
+    assert len(scan(base / "photos")) == 14 and "notes.txt" not in scan(base / "photos")
+    info = index.info()
+    assert info["images"] == len(index) == 10
+    assert {s["path"] for s in info["skipped"]} == set(broken)
+    for s in info["skipped"]:
+        assert broken[s["path"]] in s["reason"]
+    assert info["dim"] == 1280 and info["factory"] == "Flat" and info["backend"] == "faiss"
+    assert info["settings"]["size"] == 256 and 5120 <= info["bytes_per_vector"] < 5200
+    assert info["root"] == str((base / "photos").resolve())
+
+
+def test_search_finds_the_query_photo_first_and_pages(built):
+    base, index, _ = built
+    ids, vectors = index.vectors()
+    assert len(ids) == 10 and np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-4)
+    target = index.path_of(int(ids[3]))
+    assert target.is_file() and target.is_relative_to(index.root)
+    result = index.search(target, k=4)
+    assert result.hits[0].id == ids[3] and result.hits[0].score == pytest.approx(1.0, abs=1e-4)
+    assert result.total == 10 and set(result.timings) == {"describe", "search"}
+    scores = [h.score for h in result.hits]
+    assert scores == sorted(scores, reverse=True)
+    page = index.search_id(int(ids[3]), k=2, offset=2)
+    assert [h.id for h in page.hits] == [h.id for h in result.hits[2:4]]
+    assert index.search_vector(vectors[5], k=1).hits[0].path == index.path_of(int(ids[5])).relative_to(
+        index.root).as_posix()
+    cropped = index.search(target, box=(0, 0, 120, 120), k=10)
+    assert cropped.hits[0].score < 0.999 and len(cropped.hits) == 10
+    with pytest.raises(DeepretError, match="not in index"):
+        index.path_of(10_000)
+    with pytest.raises(DeepretError, match="re-ranking is not available"):
+        index.search_vector(vectors[0], rerank="qe")
+    with pytest.raises(DeepretError, match="index's own model"):
+        index.search_vector(np.ones(512, np.float32))
+
+
+def test_other_model_or_changed_settings_are_refused(built, tmp_path):
+    base, index, _ = built
+    with pytest.raises(DeepretError, match="fingerprint"):
+        build_index(base / "photos", base / "ix", model="efficientnet_lite0-gem", weights="random",
+                    settings=SETTINGS, progress=False)
+    with pytest.raises(DeepretError, match="settings"):
+        build_index(base / "photos", base / "ix", settings=ExtractSettings(size=320), progress=False)
+    from deepret.models import create_model
+
+    with pytest.raises(DeepretError, match="own model"):
+        index.check_model(create_model("efficientnet_lite0-gem", weights="random"))
+    with pytest.raises(DeepretError, match="not a deepret index"):
+        Index.open(tmp_path)
+
+
+def test_a_checkpoint_changed_after_the_build_is_refused(tmp_path):
+    import torch
+
+    from deepret.models import create_model, save
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for p in sorted(require_data("landmarks-mini").rglob("*.jpg"))[:2]:
+        shutil.copy(p, photos / p.name)
+    torch.manual_seed(0)
+    ckpt = save(create_model("resnet18-gem", weights="random"), tmp_path / "net.pt")
+    index = build_index(photos, tmp_path / "ix", model=str(ckpt), settings=ExtractSettings(size=64), progress=False)
+    index.close()
+    torch.manual_seed(1)
+    save(create_model("resnet18-gem", weights="random"), ckpt)
+    with Index.open(tmp_path / "ix") as index, pytest.raises(DeepretError, match="weights differ"):
+        index.update()
+
+
+def test_add_files_update_and_removal(built, tmp_path):
+    base, index, _ = built
+    photos = base / "photos"
+    extra = sorted(require_data("rparis6k-mini", "jpg").glob("*.jpg"))[20]
+    new = photos / "sub" / "new one.jpg"
+    shutil.copy(extra, new)
+    try:
+        report = index.add_files([new])
+        assert (report.added, report.changed, report.removed) == (1, 0, 0) and len(index) == 11
+        hit = index.search(new, k=1).hits[0]
+        assert hit.path == "sub/new one.jpg" and hit.score == pytest.approx(1.0, abs=1e-4)
+        with pytest.raises(DeepretError, match="not inside"):
+            index.add_files([extra])
+        # another process's Index sees the change without reopening
+        with Index.open(base / "ix") as other:
+            assert len(other) == 11
+            Image.open(extra).rotate(90, expand=True).save(new)  # changed content, same name
+            os.utime(new, ns=(time.time_ns(), time.time_ns() + 10**9))
+            report = index.update()
+            assert (report.added, report.changed, report.removed) == (0, 1, 0)
+            top = other.search(new, k=1).hits[0]
+            assert top.path == "sub/new one.jpg" and top.id != hit.id and top.score == pytest.approx(1.0, abs=1e-4)
+    finally:
+        new.unlink()
+    report = index.update()
+    assert (report.added, report.changed, report.removed) == (0, 0, 1) and len(index) == 10
+    assert all(h.path != "sub/new one.jpg" for h in index.search_vector(index.vectors()[1][0], k=10).hits)
+
+
+def test_cli_build_info_search(built, tmp_path, capsys):
+    base, index, _ = built
+    query = index.path_of(int(index.vectors()[0][2]))
+    assert main(["index", "search", "--index", str(base / "ix"), str(query), "--topk", "3", "--json",
+                 str(tmp_path / "r.json"), "--figure", str(tmp_path / "grid.png")]) == 0
+    out = json.loads((tmp_path / "r.json").read_text())
+    assert len(out["hits"]) == 3 and out["hits"][0]["path"] == query.relative_to(index.root).as_posix()
+    assert Image.open(tmp_path / "grid.png").format == "PNG"
+    assert main(["index", "info", "--index", str(base / "ix"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.split("wrote")[-1].split("\n", 1)[1])["images"] == 10
+    assert main(["index", "info", "--index", str(tmp_path / "nothing")]) == 2
+    assert "not a deepret index" in capsys.readouterr().err
+
+
+def _stored(index_dir: Path) -> dict[str, np.ndarray]:
+    with Index.open(index_dir) as index:
+        ids, x = index.vectors()
+        return {index.path_of(int(i)).name: v for i, v in zip(ids, x)}
+
+
+def _done_rows(index_dir: Path) -> int:
+    try:
+        db = sqlite3.connect(f"file:{index_dir / 'catalogue.sqlite'}?mode=ro", uri=True, timeout=5)
+        try:
+            return db.execute("SELECT COUNT(*) FROM files WHERE status != 'pending'").fetchone()[0]
+        finally:
+            db.close()
+    except sqlite3.Error:
+        return 0
+
+
+def test_build_killed_with_sigkill_resumes_without_re_extracting(built, tmp_path, monkeypatch):
+    base, _index, _ = built
+    code = (f"from deepret.index import build_index; from deepret.extract import ExtractSettings; "
+            f"build_index({str(base / 'photos')!r}, {str(tmp_path / 'ix')!r}, settings=ExtractSettings(size=256), "
+            f"progress=False, chunk=2)")
+    proc = subprocess.Popen([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(SRC)})
+    try:
+        deadline = time.time() + 120
+        while _done_rows(tmp_path / "ix") < 4 and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+    done = _done_rows(tmp_path / "ix")
+    assert 4 <= done < 14, "the build was not caught mid-way"
+    with pytest.raises(DeepretError, match="has not finished"):
+        Index.open(tmp_path / "ix")
+    extracted = []
+    real = build_mod.extract
+
+    def counting(net, paths, **kw):
+        extracted.extend(paths)
+        return real(net, paths, **kw)
+
+    monkeypatch.setattr(build_mod, "extract", counting)
+    build_index(base / "photos", tmp_path / "ix", settings=SETTINGS, progress=False).close()
+    assert len(extracted) == 14 - done
+    resumed, whole = _stored(tmp_path / "ix"), _stored(base / "ix")
+    assert resumed.keys() == whole.keys()
+    for name in whole:
+        np.testing.assert_allclose(resumed[name], whole[name], atol=1e-5)
+
+
+UPDATER = """
+import shutil, sys, pathlib
+from deepret.index import Index
+photos, ix, extra = map(pathlib.Path, sys.argv[1:4])
+with Index.open(ix) as index:
+    index.load_model()
+    while True:
+        target = photos / "zz_flip.jpg"
+        if target.exists():
+            target.unlink()
+        else:
+            shutil.copy(extra, target)
+        index.update()
+        print("updated", flush=True)
+"""
+
+
+def _consistent(index_dir: Path, allowed: set[int]) -> None:
+    with Index.open(index_dir) as index:
+        assert len(index) in allowed
+        db = index.catalogue.db
+        ok = {r[0] for r in db.execute("SELECT id FROM files WHERE status = 'ok'")}
+        assert ok == {r[0] for r in db.execute("SELECT id FROM vectors")}
+        hits = index.search_vector(index.vectors()[1][0], k=20).hits
+        assert {h.id for h in hits} == ok
+
+
+def test_update_killed_at_random_moments_and_a_concurrent_reader(built, tmp_path):
+    base, _index, _ = built
+    ix = tmp_path / "ix"
+    shutil.copytree(base / "ix", ix, ignore=shutil.ignore_patterns("*-shm"))
+    photos = base / "photos"
+    extra = sorted(require_data("rparis6k-mini", "jpg").glob("*.jpg"))[25]
+    errors, reads = [], []
+    stop = threading.Event()
+
+    def reader():
+        with Index.open(ix) as index:
+            v = index.vectors()[1][0]
+            while not stop.is_set():
+                try:
+                    result = index.search_vector(v, k=20)
+                    assert result.total in (10, 11) and len(result.hits) in (10, 11), result
+                    reads.append(result.total)
+                except Exception as exc:  # noqa: BLE001 - reported below
+                    errors.append(repr(exc))
+                time.sleep(0.02)
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    rng = np.random.default_rng(0)
+    try:
+        for _ in range(3):
+            proc = subprocess.Popen([sys.executable, "-c", UPDATER, str(photos), str(ix), str(extra)],
+                                    env={**os.environ, "PYTHONPATH": str(SRC)}, stdout=subprocess.PIPE, text=True)
+            assert proc.stdout.readline().strip() == "updated"
+            time.sleep(float(rng.uniform(0.0, 1.5)))  # somewhere in a later update: extracting, committing
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            _consistent(ix, {10, 11})
+    finally:
+        stop.set()
+        thread.join()
+        (photos / "zz_flip.jpg").unlink(missing_ok=True)
+    assert not errors, errors[:3]
+    assert set(reads) == {10, 11}, "the reader never saw an update"
