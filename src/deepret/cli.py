@@ -120,6 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_train_parsers(sub)
     _add_index_parsers(sub)
+    _add_serve_parser(sub)
 
     p = sub.add_parser("whiten", help="learn PCA-whitening or Lw on labelled images, save a checkpoint")
     _add_model_options(p)
@@ -281,6 +282,18 @@ def _add_index_parsers(sub) -> None:
     p.add_argument("--json", type=Path, default=None, help="write the results here")
     p.add_argument("--figure", type=Path, default=None, help="draw the query and its top K here (PNG)")
     p.add_argument("--device", default=None)
+
+
+def _add_serve_parser(sub) -> None:
+    p = sub.add_parser("serve", help="web app and HTTP API over an index (FastAPI under uvicorn)")
+    p.add_argument("--index", required=True, type=Path, help="an index folder made by `deepret index build`")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--token", default=None, help="require 'Authorization: Bearer T' on every API call "
+                                                 "(default: $DEEPRET_TOKEN)")
+    p.add_argument("--allow-uploads", action="store_true", help="let POST /api/images add photos to the collection")
+    p.add_argument("--max-upload-mb", type=float, default=20.0, help="largest accepted upload (default 20 MB)")
+    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -554,13 +567,22 @@ def _cmd_index(args) -> int:
                             ["result"] * len(result.hits), args.figure, title=f"{args.image.name} in {index.root.name}",
                             scores=[h.score for h in result.hits])
                 print(f"wrote {args.figure}")
+
+
+def _cmd_serve(args) -> int:
+    from deepret.serve import serve
+
+    if args.max_upload_mb <= 0:
+        raise DeepretError(f"--max-upload-mb {args.max_upload_mb:g}: give a size in MB above 0")
+    serve(args.index, host=args.host, port=args.port, token=args.token, allow_uploads=args.allow_uploads,
+          max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), device=args.device)
     return 0
 
 
 COMMANDS = {"models": _cmd_models, "extract": _cmd_extract, "eval": _cmd_eval, "search": _cmd_search,
             "download": _cmd_download, "convert-gt": _cmd_convert_gt, "train": _cmd_train, "whiten": _cmd_whiten,
             "study": _cmd_study, "compression": _cmd_compression, "robustness": _cmd_robustness,
-            "tsne": _cmd_tsne, "triplets": _cmd_triplets, "index": _cmd_index}
+            "tsne": _cmd_tsne, "triplets": _cmd_triplets, "index": _cmd_index, "serve": _cmd_serve}
 
 
 if __name__ == "__main__":

@@ -1,0 +1,289 @@
+"""The web app: a FastAPI app over one index (`create_app`), its JSON API under /api and the page at /.
+
+The index is opened when the app is made (a wrong folder fails at once); its network is loaded once,
+in a background thread started at start-up, and /api/health answers `ready` only after that. Decoding,
+describing and searching run in the thread pool, so a slow client or a long search never blocks the
+event loop; uploads are added one at a time while searches go on (the Index is thread-safe).
+"""
+from __future__ import annotations
+
+import asyncio
+import secrets
+import tempfile
+import threading
+import time
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, FastAPI, File, Form, Query, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from PIL import Image
+from starlette.concurrency import run_in_threadpool
+
+from deepret.errors import DeepretError
+from deepret.fileio import atomic_write_bytes
+from deepret.index.build import PHOTO_SUFFIXES
+from deepret.serve.inputs import (DEFAULT_MAX_PIXELS, DEFAULT_MAX_UPLOAD_BYTES, BadInput, Photo, check_size,
+                                  decode_photo, inside, parse_box, upload_name, upright_size)
+from deepret.serve.limits import BodyLimit
+from deepret.serve.thumbs import cache_dir_of, thumb_size, thumbnail
+
+STATIC = Path(__file__).parent / "static"
+MAX_K = 100
+MAX_FILES_PER_UPLOAD = 10
+UPLOADS_FOLDER = "uploads"
+RERANK_TOGGLES = {"qe": "alpha-qe", "diffusion": "diffusion"}  # the page's toggles -> rerank specs
+
+
+@dataclass
+class ServeState:
+    """What the routes share: the open index, whether its network is loaded, the limits."""
+
+    index: Any
+    index_dir: Path
+    token: str | None
+    allow_uploads: bool
+    max_upload_bytes: int
+    max_pixels: int
+    ready: threading.Event = field(default_factory=threading.Event)
+    load_error: str | None = None
+    writer: threading.Lock = field(default_factory=threading.Lock)
+
+    def load_model(self) -> None:
+        """Load the index's network and run one tiny query through it, so no search pays for either."""
+        try:
+            self.index.load_model()
+            self.index.describe(Image.new("RGB", (64, 64), (128, 128, 128)))
+            self.ready.set()
+        except Exception as exc:  # reported by /api/health, the server keeps answering
+            self.load_error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+    def require_ready(self) -> None:
+        if not self.ready.is_set():
+            raise BadInput(503, "the model is still loading: try again in a few seconds"
+                           if self.load_error is None else f"the model failed to load: {self.load_error}")
+
+    def photo_path(self, image_id: int) -> Path:
+        """The file of `image_id`, which must be a regular file inside the collection (404 otherwise)."""
+        try:
+            path = self.index.path_of(image_id)
+        except (DeepretError, KeyError, IndexError):
+            raise BadInput(404, f"no image with id {image_id} in the index") from None
+        return inside(self.index.root, path)
+
+
+def create_app(index_dir: str | Path, token: str | None = None, allow_uploads: bool = False,
+               max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, max_pixels: int = DEFAULT_MAX_PIXELS,
+               device: str | None = None) -> FastAPI:
+    """The app serving the index at `index_dir` (DeepretError at once if it is not an index).
+
+    `token`: every /api call needs `Authorization: Bearer <token>`; `allow_uploads`: POST /api/images
+    adds photos to the collection (under its uploads/ folder) and the index.
+    """
+    from deepret.index import Index
+
+    index = Index.open(index_dir, device=device)
+    state = ServeState(index, Path(index_dir), token or None, allow_uploads, int(max_upload_bytes), int(max_pixels))
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        loader = threading.Thread(target=state.load_model, name="deepret-model-load", daemon=True)
+        loader.start()
+        yield
+        await asyncio.to_thread(loader.join)
+        index.close()
+
+    app = FastAPI(title="deepret", version=_version(), lifespan=lifespan,
+                  description="Search a photo collection by example: upload a photo (optionally a box on it) "
+                              "or pick an indexed one, get the most similar photos of the collection.")
+    app.state.deepret = state
+    _add_error_handlers(app)
+    app.include_router(_api(state))
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.get("/", include_in_schema=False)
+    def page() -> FileResponse:
+        return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
+
+    multipart_slack = 64 * 1024  # form fields and part headers around the photo bytes
+    app.add_middleware(BodyLimit, default_limit=multipart_slack,
+                       limits={"/api/search": max_upload_bytes + multipart_slack,
+                               "/api/images": max_upload_bytes * MAX_FILES_PER_UPLOAD + multipart_slack})
+    return app
+
+
+def _api(state: ServeState) -> APIRouter:
+    """The /api routes, each behind the bearer token when one is set."""
+
+    def authorized(request: Request) -> None:
+        if state.token is None:
+            return
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not secrets.compare_digest(given.strip().encode(), state.token.encode()):
+            raise BadInput(401, "missing or wrong token: send the header 'Authorization: Bearer <token>'")
+
+    api = APIRouter(prefix="/api", dependencies=[Depends(authorized)])
+    index = state.index
+
+    @api.get("/health", summary="ready once the model is loaded")
+    def health() -> JSONResponse:
+        if state.ready.is_set():
+            return JSONResponse({"status": "ready", "images": len(index)})
+        status = "loading" if state.load_error is None else "failed"
+        return JSONResponse({"status": status, "detail": state.load_error}, status_code=503)
+
+    @api.get("/info", summary="the index: model, settings, size, factory, bytes per vector")
+    def info() -> dict:
+        return {**_json_safe(index.info()), "ready": state.ready.is_set(), "uploads": state.allow_uploads,
+                "max_upload_bytes": state.max_upload_bytes, "max_pixels": state.max_pixels,
+                "rerank_toggles": RERANK_TOGGLES}
+
+    @api.post("/search", summary="the k most similar photos to an uploaded photo or an indexed one")
+    async def search(
+        file: Annotated[UploadFile | None, File(description="a photo (JPEG, PNG, WebP...); or give id")] = None,
+        id: Annotated[int | None, Form(description="search with this indexed photo instead of an upload")] = None,
+        box: Annotated[str | None, Form(description="x1,y1,x2,y2 in the upright photo's pixels")] = None,
+        k: Annotated[int, Form(ge=1, le=MAX_K)] = 10,
+        offset: Annotated[int, Form(ge=0, le=1_000_000)] = 0,
+        rerank: Annotated[str | None, Form(max_length=200, description="e.g. alpha-qe, diffusion")] = None,
+    ) -> dict:
+        state.require_ready()
+        if (file is None) == (id is None):
+            raise BadInput(422, "give exactly one of 'file' (an uploaded photo) and 'id' (an indexed photo)")
+        photo = await _read_photo(state, file) if file is not None else None
+        return await run_in_threadpool(_search, state, photo, id, box, k, offset, rerank or None)
+
+    @api.get("/images/{image_id}", summary="the original photo", response_class=FileResponse)
+    def image(image_id: int) -> FileResponse:
+        return FileResponse(state.photo_path(image_id), headers={"Cache-Control": "private, max-age=3600"})
+
+    @api.get("/images/{image_id}/thumb", summary="an upright JPEG thumbnail, cached on disk",
+             response_class=Response)
+    def thumb(image_id: int, size: Annotated[int, Query(ge=16, le=1024)] = 256) -> Response:
+        path = state.photo_path(image_id)
+        try:
+            data = thumbnail(path, cache_dir_of(state.index_dir), thumb_size(size))
+        except OSError as exc:
+            raise BadInput(404, f"image {image_id} cannot be read ({exc.__class__.__name__})") from None
+        return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
+
+    @api.post("/images", summary="add photos to the collection and the index (--allow-uploads only)")
+    async def add_images(files: Annotated[list[UploadFile], File(description="one or more photos")]) -> dict:
+        if not state.allow_uploads:
+            raise BadInput(403, "uploads are off: start the server with --allow-uploads to add photos")
+        state.require_ready()
+        if len(files) > MAX_FILES_PER_UPLOAD:
+            raise BadInput(413, f"{len(files)} files in one request: send at most {MAX_FILES_PER_UPLOAD}")
+        photos = [await _read_photo(state, f) for f in files]
+        for p in photos:
+            if p.extension not in PHOTO_SUFFIXES:
+                raise BadInput(415, f"{p.name} is a {p.format} file, which the index does not take: send "
+                                    f"{', '.join(s.lstrip('.').upper() for s in PHOTO_SUFFIXES)}")
+        return await run_in_threadpool(_add, state, photos)
+
+    return api
+
+
+async def _read_photo(state: ServeState, upload: UploadFile) -> Photo:
+    """Read an upload (at most the limit + 1 bytes) and decode it in the thread pool."""
+    name = upload.filename or "upload"
+    data = await upload.read(state.max_upload_bytes + 1)
+    check_size(len(data), state.max_upload_bytes, name)
+    return await run_in_threadpool(decode_photo, data, name, state.max_upload_bytes, state.max_pixels)
+
+
+def _search(state: ServeState, photo: Photo | None, image_id: int | None, box_text: str | None, k: int,
+            offset: int, rerank: str | None) -> dict:
+    start = time.perf_counter()
+    try:
+        if photo is not None:
+            w, h = photo.width, photo.height
+            box = parse_box(box_text, w, h)
+            with tempfile.NamedTemporaryFile(prefix="deepret-query-", suffix=photo.extension) as f:
+                f.write(photo.data)  # the original bytes: the index decodes them upright (EXIF) itself
+                f.flush()
+                result = state.index.search(f.name, box=box, k=k, offset=offset, rerank=rerank)
+            query = {"source": "upload", "name": photo.name}
+        else:
+            path = state.photo_path(image_id)
+            w, h = upright_size(path)
+            box = parse_box(box_text, w, h)
+            result = state.index.search_id(image_id, box=box, k=k, offset=offset, rerank=rerank)
+            query = {"source": "id", "id": image_id, "path": _relative(state, path)}
+    except DeepretError as exc:
+        raise BadInput(400, str(exc).splitlines()[0]) from None
+    timings = {name: round(float(ms), 2) for name, ms in result.timings.items()}
+    timings["total"] = round((time.perf_counter() - start) * 1000, 2)
+    hits = [{"id": int(h.id), "path": h.path, "score": round(float(h.score), 6)} for h in result.hits]
+    return {"query": {**query, "width": w, "height": h, "box": list(box) if box else None},
+            "k": k, "offset": offset, "rerank": rerank, "total": int(result.total), "results": hits,
+            "more": offset + len(hits) < int(result.total), "timings": timings}
+
+
+def _add(state: ServeState, photos: list[Photo]) -> dict:
+    """Save the photos under <collection>/uploads/ with fresh names and add them to the index.
+
+    Each file is written atomically before the index hears of it: a server killed in between leaves the
+    photo in the folder but not in the index (a later `deepret index update` takes it in)."""
+    folder = Path(state.index.root) / UPLOADS_FOLDER
+    with state.writer:
+        paths = [atomic_write_bytes(folder / upload_name(p), p.data) for p in photos]
+        try:
+            report = state.index.add_files(paths)
+        except DeepretError as exc:  # e.g. another process is updating the index: the files wait for an update
+            raise BadInput(409, str(exc).splitlines()[0]) from None
+    return {"added": [_relative(state, p) for p in paths], "report": _json_safe(_report_dict(report)),
+            "images": len(state.index)}
+
+
+def _relative(state: ServeState, path: Path) -> str:
+    root = Path(state.index.root).resolve()
+    return Path(path).resolve().relative_to(root).as_posix()
+
+
+def _report_dict(report: Any) -> dict:
+    if hasattr(report, "__dataclass_fields__"):
+        from dataclasses import asdict
+        return asdict(report)
+    return dict(report) if isinstance(report, dict) else {"summary": str(report)}
+
+
+def _json_safe(value: Any) -> Any:
+    """Paths, tuples and numpy scalars in index reports made into JSON values."""
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "item") and callable(value.item):
+        return value.item()
+    return value
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    """Every error is JSON {"detail": one line}."""
+
+    @app.exception_handler(BadInput)
+    async def bad_input(request: Request, exc: BadInput) -> JSONResponse:
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        return JSONResponse({"detail": exc.message}, status_code=exc.status, headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+        where = ".".join(str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path"))
+        return JSONResponse({"detail": f"{where}: {first.get('msg')}" if where else str(first.get("msg"))},
+                            status_code=422)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version("deepret")
+    except PackageNotFoundError:
+        return "0"
