@@ -281,6 +281,8 @@ def _add_index_parsers(sub) -> None:
     p.add_argument("--topk", type=positive_int, default=10)
     p.add_argument("--json", type=Path, default=None, help="write the results here")
     p.add_argument("--figure", type=Path, default=None, help="draw the query and its top K here (PNG)")
+    p.add_argument("--rerank", default=None, metavar="SPEC",
+                   help="re-rank, e.g. alpha-qe, dba+alpha-qe, diffusion (see docs/search.md)")
     p.add_argument("--device", default=None)
 
 
@@ -550,14 +552,14 @@ def _cmd_index(args) -> int:
             for s in info["skipped"]:
                 print(f"  {s['path']}: {s['reason']}")
         else:
-            result = index.search(args.image, box=args.box, k=args.topk)
+            result = index.search(args.image, box=args.box, k=args.topk, rerank=args.rerank)
             for rank, hit in enumerate(result.hits, 1):
                 print(f"{rank}\t{hit.score:.4f}\t{hit.path}")
             if args.json:
                 from deepret.fileio import atomic_write_text
 
                 atomic_write_text(args.json, json.dumps(
-                    {"query": str(args.image), "box": args.box, "total": result.total, "timings_ms": result.timings,
+                    {"query": str(args.image), "box": args.box, "rerank": args.rerank, "total": result.total, "timings_ms": result.timings,
                      "hits": [{"id": h.id, "path": h.path, "score": h.score} for h in result.hits]}, indent=2))
                 print(f"wrote {args.json}")
             if args.figure:

@@ -198,10 +198,13 @@ class Reranker:
         self._db = x
         return self
 
-    def rerank(self, db: np.ndarray, queries: np.ndarray, k: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def rerank(self, db: np.ndarray | None, queries: np.ndarray, k: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(scores (Q, k), indices (Q, k)) into `db`'s rows, best first; k=None: all of db.
-        Fits on `db` first unless already fitted on a database of the same shape."""
-        if not self.fitted or self._db.shape != np.shape(db):
+        Fits on `db` first unless already fitted on a database of the same shape; db None: the
+        database it was fitted on (or whose state it loaded)."""
+        if db is None and not self.fitted:
+            raise DeepretError(f"re-ranker {self.spec!r} has no database: call fit(db) first")
+        if db is not None and (not self.fitted or self._db.shape != np.shape(db)):
             self.fit(db)
         x = self._db
         q = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)

@@ -22,6 +22,7 @@ from deepret.features import model_fingerprint
 from deepret.index.backends import open_backend
 from deepret.index.build import UpdateReport, update_index
 from deepret.index.catalogue import Catalogue
+from deepret.index.reranking import IndexReranking
 from deepret.models import RetrievalNet, get_model
 
 BBox = Sequence[float]
@@ -58,6 +59,7 @@ class Index:
         self.backend = open_backend(self.catalogue)
         self._net: RetrievalNet | None = None
         self._version = -1
+        self.reranking = IndexReranking(self.catalogue.dir, self._snapshot)
         self.refresh()
 
     @classmethod
@@ -119,7 +121,8 @@ class Index:
         start = time.perf_counter()
         v = self.describe(image, box)
         result = self.search_vector(v, k, offset, rerank)
-        result.timings = {"describe": (time.perf_counter() - start) * 1e3 - result.timings["search"], **result.timings}
+        spent = (time.perf_counter() - start) * 1e3
+        result.timings = {"describe": spent - sum(result.timings.values()), **result.timings}
         return result
 
     def search_id(self, image_id: int, box: BBox | None = None, k: int = 10, offset: int = 0,
@@ -129,14 +132,16 @@ class Index:
         return self.search_vector(self.vector_of(image_id), k, offset, rerank)
 
     def search_vector(self, v: np.ndarray, k: int = 10, offset: int = 0, rerank: str | None = None) -> SearchResult:
-        if rerank is not None:
-            raise DeepretError("re-ranking is not available yet")
+        """Top k after the first `offset` results; `rerank`: a deepret.rerank spec (e.g. "alpha-qe",
+        "dba+alpha-qe", "diffusion") applied over the stored descriptors (exact, whatever the factory)."""
         if k < 1 or offset < 0:
             raise DeepretError(f"k={k}, offset={offset}: k must be >= 1 and offset >= 0")
         v = np.asarray(v, dtype=np.float32).reshape(1, -1)
         if v.shape[1] != self.meta["dim"]:
             raise DeepretError(f"a {v.shape[1]}-d query for index {self.catalogue.dir} of {self.meta['dim']}-d "
                                f"vectors ({self.meta['model_name']}): query with the index's own model")
+        if rerank:
+            return self._reranked(v, k, offset, rerank)
         start = time.perf_counter()
         with self.lock:
             self.refresh()
@@ -146,6 +151,26 @@ class Index:
             total = len(self)
         hits = [SearchHit(i, paths[i], s) for i, s in found if i in paths]
         return SearchResult(hits, total, {"search": (time.perf_counter() - start) * 1e3})
+
+    def _reranked(self, v: np.ndarray, k: int, offset: int, spec: str) -> SearchResult:
+        start = time.perf_counter()
+        with self.lock:
+            self.refresh()
+            version = self._version
+        reranker, row_ids = self.reranking.get(spec, version)
+        scores, rows = reranker.rerank(None, v, k + offset)
+        found = [(int(row_ids[r]), float(s)) for r, s in zip(rows[0][offset:], scores[0][offset:])]
+        with self.lock:
+            paths = self._paths([i for i, _ in found])
+            total = len(self)
+        hits = [SearchHit(i, paths[i], s) for i, s in found if i in paths]
+        return SearchResult(hits, total, {"rerank": (time.perf_counter() - start) * 1e3})
+
+    def _snapshot(self) -> tuple[int, np.ndarray, np.ndarray]:
+        """(catalogue version, ids, descriptors) read in one snapshot."""
+        with self.lock, self.catalogue.read():
+            ids, x, _ = self.catalogue.vectors(self.meta["dim"])
+            return self.catalogue.version(), ids, x
 
     def _paths(self, ids: list[int]) -> dict[int, str]:
         if not ids:
