@@ -3,6 +3,7 @@ search by upload and by id, boxes, pagination, thumbnails, auth, uploads, every 
 path traversal. Browser and real-socket tests: test_serve_browser.py."""
 from __future__ import annotations
 
+import importlib.util
 import io
 import os
 import struct
@@ -76,6 +77,8 @@ def test_health_and_info_describe_the_index(client):
     assert info["images"] == 35 and info["dim"] == 1280 and info["factory"] == "Flat"
     assert "efficientnet_lite0-gem" in str(info["model"])
     assert info["bytes_per_vector"] >= 1280 * 4 and info["uploads"] is False
+    assert info["rerank_toggles"] == {"qe": "alpha-qe", "diffusion": "diffusion"}
+    assert info["rerank_available"] is (importlib.util.find_spec("deepret.rerank") is not None)
     assert client.get("/openapi.json").json()["paths"].keys() >= {"/api/search", "/api/images/{image_id}/thumb"}
     assert client.get("/docs").status_code == 200
 
