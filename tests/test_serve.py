@@ -301,6 +301,9 @@ def test_every_api_call_needs_the_token_when_one_is_set(built, ids):
         assert c.get(f"/api/images/{ids[0]}/thumb", headers=good).status_code == 200
         assert c.post("/api/search", data={"id": ids[0]}, headers=good).status_code == 200
         assert c.get("/").status_code == 200  # the page itself asks for the token
+        # refused before the body is read: a large unauthenticated upload gets 401, not 413
+        big = c.post("/api/search", content=b"x" * (MAX_UPLOAD * 3), headers={"content-type": "multipart/form-data"})
+        assert big.status_code == 401
 
 
 def test_binding_beyond_loopback_without_a_token_warns():
