@@ -26,6 +26,7 @@ def test_torchrun_two_cpu_ranks_build_the_same_index(tmp_path):
                             env={**__import__("os").environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")})
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.count("7 images indexed, 1 skipped") == 1  # rank 0 reports once
+    assert not list((tmp_path / "ddp" / "parts").glob("*"))  # both ranks' part files were merged
     one = build_index(photos, tmp_path / "one", settings=ExtractSettings(size=128), progress=False)
     with Index.open(tmp_path / "ddp") as ddp:
         (ids_d, x_d), (ids_1, x_1) = ddp.vectors(), one.vectors()

@@ -3,6 +3,7 @@ search by upload and by id, boxes, pagination, thumbnails, auth, uploads, every 
 path traversal. Browser and real-socket tests: test_serve_browser.py."""
 from __future__ import annotations
 
+import importlib.util
 import io
 import os
 import struct
@@ -76,6 +77,8 @@ def test_health_and_info_describe_the_index(client):
     assert info["images"] == 35 and info["dim"] == 1280 and info["factory"] == "Flat"
     assert "efficientnet_lite0-gem" in str(info["model"])
     assert info["bytes_per_vector"] >= 1280 * 4 and info["uploads"] is False
+    assert info["rerank_toggles"] == {"qe": "alpha-qe", "diffusion": "diffusion"}
+    assert info["rerank_available"] is (importlib.util.find_spec("deepret.rerank") is not None)
     assert client.get("/openapi.json").json()["paths"].keys() >= {"/api/search", "/api/images/{image_id}/thumb"}
     assert client.get("/docs").status_code == 200
 
@@ -298,6 +301,9 @@ def test_every_api_call_needs_the_token_when_one_is_set(built, ids):
         assert c.get(f"/api/images/{ids[0]}/thumb", headers=good).status_code == 200
         assert c.post("/api/search", data={"id": ids[0]}, headers=good).status_code == 200
         assert c.get("/").status_code == 200  # the page itself asks for the token
+        # refused before the body is read: a large unauthenticated upload gets 401, not 413
+        big = c.post("/api/search", content=b"x" * (MAX_UPLOAD * 3), headers={"content-type": "multipart/form-data"})
+        assert big.status_code == 401
 
 
 def test_binding_beyond_loopback_without_a_token_warns():

@@ -175,6 +175,31 @@ def test_the_page_finds_the_landmark_in_a_drawn_box(server, tmp_path):
         browser.quit()
 
 
+def test_the_rerank_toggles_change_the_grid(server):
+    pytest.importorskip("deepret.rerank")
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    def grid(b) -> list[str]:
+        return [h.text for h in b.find_elements(By.CSS_SELECTOR, "#results .hit figcaption")]
+
+    browser = _browser()
+    try:
+        wait = WebDriverWait(browser, 60)
+        browser.get(server.url + "/")
+        wait.until(lambda b: "photos in the index" in b.find_element(By.ID, "info").text)
+        assert browser.find_element(By.ID, "qe").is_enabled()
+        browser.find_element(By.ID, "file").send_keys(str(serve_collection.query("paris_louvre_000081")[0]))
+        wait.until(lambda b: "searched with the whole photo" in b.find_element(By.ID, "status").text)
+        plain = grid(browser)
+        for toggle, spec in (("qe", "alpha-qe"), ("diffusion", "alpha-qe+diffusion")):
+            browser.find_element(By.ID, toggle).click()
+            wait.until(lambda b: f"re-ranked ({spec})" in b.find_element(By.ID, "status").text, _state(browser))
+            assert grid(browser) != plain, spec
+    finally:
+        browser.quit()
+
+
 def _state(browser) -> str:
     return browser.execute_script(
         "return document.getElementById('status').textContent + ' | first: ' + "

@@ -103,11 +103,18 @@ def extract_files(net: RetrievalNet, root: Path, rows: Sequence[tuple[int, str]]
     return sizes, vectors[keep], skipped
 
 
-def _record(db, sizes: dict[int, tuple[int, int]], vectors: np.ndarray, skipped: dict[int, str]) -> None:
-    db.executemany("UPDATE files SET status = 'ok', width = ?, height = ?, reason = NULL WHERE id = ?",
-                   [(w, h, i) for i, (w, h) in sizes.items()])
-    db.executemany("UPDATE files SET status = 'skipped', reason = ? WHERE id = ?",
-                   [(r, i) for i, r in skipped.items()])
+def _record(db, sizes: dict[int, tuple[int, int]], vectors: np.ndarray, skipped: dict[int, str],
+            part: bool = False) -> None:
+    """Store a chunk's outcome: in the catalogue's file rows, or as new rows of a rank's part file."""
+    if part:
+        db.executemany("INSERT OR REPLACE INTO files (id, status, width, height, reason) VALUES (?, ?, ?, ?, ?)",
+                       [(i, "ok", w, h, None) for i, (w, h) in sizes.items()] +
+                       [(i, "skipped", None, None, r) for i, r in skipped.items()])
+    else:
+        db.executemany("UPDATE files SET status = 'ok', width = ?, height = ?, reason = NULL WHERE id = ?",
+                       [(w, h, i) for i, (w, h) in sizes.items()])
+        db.executemany("UPDATE files SET status = 'skipped', reason = ? WHERE id = ?",
+                       [(r, i) for i, r in skipped.items()])
     Catalogue.store(db, list(sizes), vectors)
 
 
@@ -187,13 +194,18 @@ def _extract_pending(index_dir, net, root, settings, device, max_pixels, workers
     try:
         pending = cat.db.execute("SELECT id, path FROM files WHERE status = 'pending' ORDER BY id").fetchall()
         mine = pending[rank::world]
+        out = cat if world == 1 else _Part(index_dir, rank)  # ranks write their own part file
         with tqdm(total=len(mine), desc=f"index {root.name}", unit="img", disable=not progress or rank != 0) as bar:
             for start in range(0, len(mine), chunk):
                 sizes, vectors, skipped = extract_files(net, root, mine[start:start + chunk], settings, device,
                                                         max_pixels, workers, bar)
-                with cat.write() as db:
-                    _record(db, sizes, vectors, skipped)
+                with out.write() as db:
+                    _record(db, sizes, vectors, skipped, part=out is not cat)
+        if out is not cat:
+            out.close()
         _barrier(world)
+        if rank == 0:
+            merge_parts(cat)
         if rank == 0 and (cat.meta("base") is None or pending):
             open_backend(cat).publish(cat, train=training(cat), force=True)
             with cat.write() as db:
@@ -202,6 +214,42 @@ def _extract_pending(index_dir, net, root, settings, device, max_pixels, workers
         _barrier(world)
     finally:
         cat.close()
+
+
+PARTS = "parts"
+
+
+class _Part(Catalogue):
+    """One rank's share of a distributed build: a small SQLite file of its own (rollback journal, so it
+    may live on a network file system), merged into the catalogue by rank 0."""
+
+    def __init__(self, index_dir: Path, rank: int) -> None:
+        import sqlite3
+
+        path = index_dir / PARTS / f"rank-{rank}.sqlite"
+        path.parent.mkdir(exist_ok=True)
+        self.dir = index_dir
+        self.db = sqlite3.connect(path, timeout=120, isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=DELETE")
+        self.db.executescript("""
+            CREATE TABLE IF NOT EXISTS files (id INTEGER PRIMARY KEY, status TEXT, width INTEGER, height INTEGER,
+                                              reason TEXT);
+            CREATE TABLE IF NOT EXISTS vectors (seq INTEGER PRIMARY KEY AUTOINCREMENT, id INTEGER UNIQUE NOT NULL,
+                                                vec BLOB NOT NULL);""")
+
+
+def merge_parts(cat: Catalogue) -> None:
+    """Move every rank's part (also those of an interrupted distributed build) into the catalogue."""
+    for part in sorted((cat.dir / PARTS).glob("rank-*.sqlite")):
+        cat.db.execute("ATTACH DATABASE ? AS part", (str(part),))
+        try:
+            with cat.write() as db:  # idempotent: a merge killed before the unlink is simply redone
+                db.execute("UPDATE files SET status = p.status, width = p.width, height = p.height, reason = p.reason "
+                           "FROM part.files AS p WHERE files.id = p.id")
+                db.execute("INSERT OR REPLACE INTO vectors (id, vec) SELECT id, vec FROM part.vectors ORDER BY id")
+        finally:
+            cat.db.execute("DETACH DATABASE part")
+        part.unlink()
 
 
 def _barrier(world: int) -> None:
@@ -218,6 +266,7 @@ def _prepare(index_dir: Path, want: dict, files: dict[str, tuple[int, int]]) -> 
     try:
         if not fresh:
             _check_same(cat.all_meta(), want, index_dir)
+            merge_parts(cat)
             if cat.meta("state") != "ready":
                 with cat.write() as db:
                     Catalogue.set_meta(db, factory=want["factory"])

@@ -8,7 +8,6 @@ event loop; uploads are added one at a time while searches go on (the Index is t
 from __future__ import annotations
 
 import asyncio
-import secrets
 import tempfile
 import threading
 import time
@@ -17,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, FastAPI, File, Form, Query, Request, UploadFile
+from fastapi import APIRouter, FastAPI, File, Form, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
@@ -29,7 +28,7 @@ from deepret.fileio import atomic_write_bytes
 from deepret.index.build import PHOTO_SUFFIXES
 from deepret.serve.inputs import (DEFAULT_MAX_PIXELS, DEFAULT_MAX_UPLOAD_BYTES, BadInput, Photo, check_size,
                                   decode_photo, inside, parse_box, upload_name, upright_size)
-from deepret.serve.limits import BodyLimit
+from deepret.serve.limits import BearerToken, BodyLimit
 from deepret.serve.thumbs import cache_dir_of, thumb_size, thumbnail
 
 STATIC = Path(__file__).parent / "static"
@@ -113,20 +112,14 @@ def create_app(index_dir: str | Path, token: str | None = None, allow_uploads: b
     app.add_middleware(BodyLimit, default_limit=multipart_slack,
                        limits={"/api/search": max_upload_bytes + multipart_slack,
                                "/api/images": max_upload_bytes * MAX_FILES_PER_UPLOAD + multipart_slack})
+    if state.token:
+        app.add_middleware(BearerToken, token=state.token)  # added last: runs first, before any body is read
     return app
 
 
 def _api(state: ServeState) -> APIRouter:
-    """The /api routes, each behind the bearer token when one is set."""
-
-    def authorized(request: Request) -> None:
-        if state.token is None:
-            return
-        scheme, _, given = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not secrets.compare_digest(given.strip().encode(), state.token.encode()):
-            raise BadInput(401, "missing or wrong token: send the header 'Authorization: Bearer <token>'")
-
-    api = APIRouter(prefix="/api", dependencies=[Depends(authorized)])
+    """The /api routes (the bearer token, when set, is checked before them by the BearerToken middleware)."""
+    api = APIRouter(prefix="/api")
     index = state.index
 
     @api.get("/health", summary="ready once the model is loaded")
@@ -140,7 +133,7 @@ def _api(state: ServeState) -> APIRouter:
     def info() -> dict:
         return {**_json_safe(index.info()), "ready": state.ready.is_set(), "uploads": state.allow_uploads,
                 "max_upload_bytes": state.max_upload_bytes, "max_pixels": state.max_pixels,
-                "rerank_toggles": RERANK_TOGGLES}
+                "rerank_toggles": RERANK_TOGGLES, "rerank_available": _rerank_available()}
 
     @api.post("/search", summary="the k most similar photos to an uploaded photo or an indexed one")
     async def search(
@@ -238,6 +231,12 @@ def _add(state: ServeState, photos: list[Photo]) -> dict:
             raise BadInput(409, str(exc).splitlines()[0]) from None
     return {"added": [_relative(state, p) for p in paths], "report": _json_safe(_report_dict(report)),
             "images": len(state.index)}
+
+
+def _rerank_available() -> bool:
+    """Whether this deepret has re-ranking (deepret.rerank); the page disables its toggles otherwise."""
+    import importlib.util
+    return importlib.util.find_spec("deepret.rerank") is not None
 
 
 def _relative(state: ServeState, path: Path) -> str:

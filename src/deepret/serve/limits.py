@@ -1,7 +1,9 @@
-"""An ASGI middleware that bounds request bodies before anything parses or spools them."""
+"""ASGI middlewares that refuse a request before anything parses or spools its body: the bearer
+token (401) and the body size limit (413)."""
 from __future__ import annotations
 
 import json
+import secrets
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -50,10 +52,30 @@ class BodyLimit:
                 await _reject(send, limit)
 
 
+class BearerToken:
+    """401 for any /api request without `Authorization: Bearer <token>` (compared in constant time)."""
+
+    def __init__(self, app: ASGIApp, token: str, prefix: str = "/api") -> None:
+        self.app, self.token, self.prefix = app, token.encode(), prefix
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and (scope["path"] == self.prefix or scope["path"].startswith(self.prefix + "/")):
+            scheme, _, given = dict(scope["headers"]).get(b"authorization", b"").partition(b" ")
+            if scheme.lower() != b"bearer" or not secrets.compare_digest(given.strip(), self.token):
+                await _answer(send, 401, "missing or wrong token: send the header 'Authorization: Bearer <token>'",
+                              [(b"www-authenticate", b"Bearer")])
+                return
+        await self.app(scope, receive, send)
+
+
 async def _reject(send: Send, limit: int) -> None:
-    body = json.dumps({"detail": f"request body is larger than the limit of {limit / 1024 / 1024:.3g} MB: "
-                                 "send a smaller photo"}).encode()
-    await send({"type": "http.response.start", "status": 413,
+    await _answer(send, 413, f"request body is larger than the limit of {limit / 1024 / 1024:.3g} MB: "
+                             "send a smaller photo")
+
+
+async def _answer(send: Send, status: int, detail: str, headers: list | None = None) -> None:
+    body = json.dumps({"detail": detail}).encode()
+    await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                            (b"connection", b"close")]})
+                            (b"connection", b"close"), *(headers or [])]})
     await send({"type": "http.response.body", "body": body})
