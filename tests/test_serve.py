@@ -3,7 +3,6 @@ search by upload and by id, boxes, pagination, thumbnails, auth, uploads, every 
 path traversal. Browser and real-socket tests: test_serve_browser.py."""
 from __future__ import annotations
 
-import importlib.util
 import io
 import os
 import struct
@@ -78,7 +77,6 @@ def test_health_and_info_describe_the_index(client):
     assert "efficientnet_lite0-gem" in str(info["model"])
     assert info["bytes_per_vector"] >= 1280 * 4 and info["uploads"] is False
     assert info["rerank_toggles"] == {"qe": "alpha-qe", "diffusion": "diffusion"}
-    assert info["rerank_available"] is (importlib.util.find_spec("deepret.rerank") is not None)
     assert client.get("/openapi.json").json()["paths"].keys() >= {"/api/search", "/api/images/{image_id}/thumb"}
     assert client.get("/docs").status_code == 200
 
@@ -132,7 +130,6 @@ def test_search_by_id_with_a_box(client, ids):
 
 
 def test_rerank_toggles_change_the_grid(client, ids):
-    pytest.importorskip("deepret.rerank")
     plain = client.post("/api/search", data={"id": ids[10], "k": 35}).json()
     for spec in ("alpha-qe", "diffusion"):
         answer = client.post("/api/search", data={"id": ids[10], "k": 35, "rerank": spec})

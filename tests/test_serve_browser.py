@@ -176,7 +176,6 @@ def test_the_page_finds_the_landmark_in_a_drawn_box(server, tmp_path):
 
 
 def test_the_rerank_toggles_change_the_grid(server):
-    pytest.importorskip("deepret.rerank")
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 

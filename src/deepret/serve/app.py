@@ -133,7 +133,7 @@ def _api(state: ServeState) -> APIRouter:
     def info() -> dict:
         return {**_json_safe(index.info()), "ready": state.ready.is_set(), "uploads": state.allow_uploads,
                 "max_upload_bytes": state.max_upload_bytes, "max_pixels": state.max_pixels,
-                "rerank_toggles": RERANK_TOGGLES, "rerank_available": _rerank_available()}
+                "rerank_toggles": RERANK_TOGGLES}
 
     @api.post("/search", summary="the k most similar photos to an uploaded photo or an indexed one")
     async def search(
@@ -231,12 +231,6 @@ def _add(state: ServeState, photos: list[Photo]) -> dict:
             raise BadInput(409, str(exc).splitlines()[0]) from None
     return {"added": [_relative(state, p) for p in paths], "report": _json_safe(_report_dict(report)),
             "images": len(state.index)}
-
-
-def _rerank_available() -> bool:
-    """Whether this deepret has re-ranking (deepret.rerank); the page disables its toggles otherwise."""
-    import importlib.util
-    return importlib.util.find_spec("deepret.rerank") is not None
 
 
 def _relative(state: ServeState, path: Path) -> str:

@@ -39,10 +39,6 @@ async function loadInfo() {
     if (health.status === 401) { $("auth").hidden = false; $("info").textContent = "token needed"; return; }
     state.info = await (await api("/api/info")).json();
     $("add").hidden = !state.info.uploads;
-    for (const t of ["qe", "diffusion"]) {
-      $(t).disabled = !state.info.rerank_available;
-      $(t).parentElement.title = state.info.rerank_available ? "" : "re-ranking is not available on this server";
-    }
     if (health.status !== 200) {
       $("info").textContent = `${state.info.images} photos · loading the model…`;
       setTimeout(loadInfo, 1000);
