@@ -39,7 +39,7 @@ from deepret.datasets import load_benchmark
 from deepret.extract import ExtractSettings, _collate, _Images, extract, plan_batches
 from deepret.imageio import image_size
 from deepret.models import create_model
-from deepret.models.backbones import LITE_BACKBONES
+from deepret.models.backbones import OFFLINE_BACKBONES
 from deepret.pipeline import RunOptions, benchmark_features, evaluate_features
 from deepret.precision import autocast, prepare_input, prepare_model, resolve_precision
 from deepret.runtime import default_workers
@@ -102,7 +102,7 @@ def _plain_loader(dataset, batches, workers, pin):
 def bench_model(name: str, size: int, paths, precisions: list[str], device: torch.device, workers: int,
                 repeat: int) -> dict:
     torch.manual_seed(0)
-    weights = "imagenet" if parse_backbone(name) in LITE_BACKBONES else "random"
+    weights = "imagenet" if parse_backbone(name) in OFFLINE_BACKBONES else "random"
     net = create_model(name, weights=weights).eval()
     peer_net = copy.deepcopy(net)
     default = resolve_precision("auto", net.meta["backbone"], device)
@@ -162,7 +162,7 @@ def parse_backbone(name: str) -> str:
 def map_per_precision(name: str, size: int, precisions: list[str], bench, device: torch.device) -> dict:
     """oxford5k-mini mAP of each precision (whole benchmark), and min cosine to fp32."""
     torch.manual_seed(0)
-    weights = "imagenet" if parse_backbone(name) in LITE_BACKBONES else "random"
+    weights = "imagenet" if parse_backbone(name) in OFFLINE_BACKBONES else "random"
     net = create_model(name, weights=weights)
     out, ref = {}, None
     for p in precisions:

