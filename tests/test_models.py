@@ -166,7 +166,7 @@ def test_backbone_registry_describes_each_backbone_and_its_default_size(tmp_path
     assert deepret.load(save(net, tmp_path / "b.pt")).default_size == 1024
 
 
-def test_resolve_settings_fills_the_size_from_the_network():
+def test_resolve_settings_fills_the_size_from_the_network(monkeypatch):
     from deepret.extract import ExtractSettings, resolve_settings
 
     torch.manual_seed(0)
@@ -174,7 +174,16 @@ def test_resolve_settings_fills_the_size_from_the_network():
     net.meta["input"]["default_size"] = 288
     assert resolve_settings(net, ExtractSettings()).size == 288
     assert resolve_settings(net, None).size == 288
-    assert resolve_settings(net, ExtractSettings(size=200, flip=True)) == ExtractSettings(size=200, flip=True)
+    # precision auto becomes a concrete one, which depends on the device and the CPU's bf16 instructions:
+    # fix both (P.cpu_has_fast) so that the test means the same on every machine
+    import deepret.precision as P
+
+    for fast, expected in ((False, "fp32"), (True, "bf16")):  # resnet18 kept its mAP in bf16 (REDUCED_OK)
+        monkeypatch.setattr(P, "cpu_has_fast", lambda precision, fast=fast: fast)
+        assert resolve_settings(net, ExtractSettings(size=200, flip=True), "cpu") == \
+            ExtractSettings(size=200, flip=True, precision=expected)
+        assert resolve_settings(net, ExtractSettings(precision="fp16"), "cpu").precision == "fp16"  # explicit: kept
+    assert resolve_settings(net, None).precision in ("fp32", "bf16", "fp16")  # never "auto" on this machine
     for bad in (dict(size=0), dict(size=-5), dict(scales=(1.0, 0.0)), dict(scales=())):
         with pytest.raises(DeepretError):
             ExtractSettings(**bad)

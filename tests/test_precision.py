@@ -82,8 +82,18 @@ def test_decoding_thread_gives_the_plain_batches(lite0, photos):
     plain = [_collate([dataset[key] for key in batch]) for batch in batches]
     threaded = list(_decoded_in_thread(dataset, batches, ahead=1))
     assert len(threaded) == len(plain) > 1
-    for (i, x), (j, y) in zip(plain, threaded):
-        assert i == j and torch.equal(x, y)
+    for (i, x, errors), (j, y, thread_errors) in zip(plain, threaded):
+        assert i == j and torch.equal(x, y) and errors == thread_errors == {}
+
+
+def test_decoding_thread_passes_image_errors_on_as_values():
+    class OneBroken:
+        def __getitem__(self, key):
+            return (key[0], "is corrupt") if key[0] == 1 else (key[0], torch.zeros(3, 4, 4))
+
+    got = list(_decoded_in_thread(OneBroken(), [[(0, 4, 4), (1, 4, 4)], [(1, 4, 4)]], ahead=1))
+    assert [(idx, errors) for idx, _, errors in got] == [([0], {1: "is corrupt"}), ([], {1: "is corrupt"})]
+    assert got[0][1].shape == (1, 3, 4, 4) and got[1][1] is None
 
 
 def test_decoding_thread_hands_errors_over_and_stops_when_closed(photos):
@@ -96,7 +106,8 @@ def test_decoding_thread_hands_errors_over_and_stops_when_closed(photos):
     batches = [[(i, 4, 4)] for i in range(4)]
     got = []
     with pytest.raises(RuntimeError, match="item 2"):
-        for idx, _ in _decoded_in_thread(Failing(), batches, ahead=1):
+        for idx, _, errors in _decoded_in_thread(Failing(), batches, ahead=1):
+            assert errors == {}
             got += idx
     assert got == [0, 1]
     early = _decoded_in_thread(Failing(), [[(0, 4, 4)]] * 50, ahead=1)

@@ -49,7 +49,8 @@ def test_topk_figure_draws_coloured_borders(tmp_path):
     assert 6 * 128 <= w <= 6 * 250 and 2 * 128 <= h <= 3 * 250
 
     # a border is >= 4 px wide all round a >= 80 px thumbnail: hundreds of pixels each
-    n_pos, n_neg, n_junk = (count_colour(out, BORDER_COLOURS[k]) for k in BORDER_COLOURS)
+    n_pos, n_neg, n_junk = (count_colour(out, BORDER_COLOURS[k]) for k in ("positive", "negative", "junk"))
+    assert count_colour(out, BORDER_COLOURS["result"]) == 0  # only for results without ground truth
     assert n_pos > 500 and n_neg > 500 and n_junk > 300
     assert n_pos > n_neg > n_junk  # 3, 2 and 1 results of the same size range
     assert count_colour(out, BBX_COLOUR) > 100  # the query's bbx rectangle
