@@ -2,6 +2,8 @@
 the pipeline's own query descriptors."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -10,7 +12,9 @@ from deepret.datasets import load_benchmark
 from deepret.errors import DeepretError
 from deepret.extract import ExtractSettings
 from deepret.pipeline import RunOptions, benchmark_features
-from deepret.robustness import TRANSFORMS, parse_transforms, robustness_study, write_robustness_report
+import deepret.robustness as robustness
+from deepret.robustness import (TRANSFORMS, parse_transforms, robustness_study, transformed_queries,
+                                write_robustness_report)
 
 
 def test_transforms_change_the_image_as_named():
@@ -45,6 +49,31 @@ def test_small_run_on_oxford5k_mini(data_root, lite0, tmp_path):
     assert len(single["original"]["old"]["AP"]) == len(bench.qimlist)
     assert report["conditions"]["multi-scale + flip"]["settings"]["scales"] == [1.0, 0.707, 1.414]
     paths = write_robustness_report(report, tmp_path)
+    assert json.loads(paths[0].read_text()) == report  # the record is what the JSON file gives back
+    assert report["crop_queries"] is True
     assert "| rotate 180 |" in paths[1].read_text()
     with Image.open(paths[2]) as im:
         assert im.width > 500
+
+
+@pytest.mark.parametrize("crop", [True, False])
+def test_queries_are_cropped_only_when_asked(data_root, tmp_path, monkeypatch, crop):
+    from deepret.imageio import image_size
+
+    bench = load_benchmark("oxford5k-mini", data_root)
+    seen = []
+
+    def sizes(net, paths, **kwargs):  # stands in for the network: notes the sizes of the images it gets
+        for p in paths:
+            with Image.open(p) as im:
+                seen.append(im.size)
+        return np.zeros((len(paths), 4), dtype=np.float32)
+
+    monkeypatch.setattr(robustness, "extract", sizes)
+    opts = RunOptions(ExtractSettings(size=96), crop_queries=crop, progress=False, workers=0)
+    transformed_queries(None, bench, "original", opts.settings, opts, tmp_path)
+    paths = [bench.query_path(q) for q in range(len(bench.qimlist))]
+    whole = [image_size(p) for p in paths]
+    cropped = [image_size(p, bench.query_bbx(q)) for q, p in enumerate(paths)]
+    assert seen == (cropped if crop else whole)
+    assert cropped != whole  # the boxes do crop: the two cases differ

@@ -1,7 +1,9 @@
-"""Robustness study: mAP and per-query AP when the (cropped) queries are transformed — flipped,
-rotated, downscaled, JPEG-compressed — with single-scale descriptors and with multi-scale +
-flip-averaged ones. Database descriptors come from the feature cache; each transformed query set
-is extracted once per descriptor setting.
+"""Robustness study: mAP and per-query AP when the queries (cropped to their bounding boxes unless
+`RunOptions.crop_queries` is off, as with `--no-crop`) are transformed — flipped, rotated,
+downscaled, JPEG-compressed — with single-scale descriptors and with multi-scale + flip-averaged
+ones. Database descriptors come from the feature cache; each transformed query set is extracted once
+per descriptor setting. The report is a JSON record: what `robustness_study` returns is what
+robustness.json reads back (lists, not tuples).
 """
 from __future__ import annotations
 
@@ -82,12 +84,14 @@ def conditions(settings: ExtractSettings) -> dict[str, ExtractSettings]:
 
 def transformed_queries(net: RetrievalNet, bench: Benchmark, transform: str, settings: ExtractSettings,
                         opts: RunOptions, folder: Path) -> np.ndarray:
-    """Descriptors of the cropped queries after `transform` (written losslessly to `folder` once)."""
-    target = folder / transform.replace(" ", "_").replace("/", "-")
+    """Descriptors of the queries (cropped unless opts.crop_queries is off) after `transform`
+    (written losslessly to `folder` once)."""
+    target = folder / ("cropped" if opts.crop_queries else "whole") / transform.replace(" ", "_").replace("/", "-")
     if not target.is_dir():
         target.mkdir(parents=True)
         for q in range(len(bench.qimlist)):
-            im = TRANSFORMS[transform](open_rgb(bench.query_path(q), bench.query_bbx(q)))
+            box = bench.query_bbx(q) if opts.crop_queries else None
+            im = TRANSFORMS[transform](open_rgb(bench.query_path(q), box))
             im.save(target / f"{q:05d}.png", compress_level=1)
     paths = sorted(target.glob("*.png"))
     return extract(net, paths, settings=settings, device=opts.device, workers=opts.workers,
@@ -100,7 +104,8 @@ def robustness_study(net: RetrievalNet, bench: Benchmark, opts: RunOptions,
     transforms = transforms or list(TRANSFORMS)
     start = time.perf_counter()
     out: dict = {"dataset": bench.name, "model": net.meta["name"], "size": opts.settings.size,
-                 "transforms": transforms, "queries": list(bench.qimlist), "conditions": {}}
+                 "crop_queries": opts.crop_queries, "transforms": list(transforms), "queries": list(bench.qimlist),
+                 "conditions": {}}
     with tempfile.TemporaryDirectory(prefix="deepret-robustness-") as tmp:
         for name, settings in conditions(opts.settings).items():
             db = benchmark_features(net, bench, replace(opts, settings=settings))[0].db
@@ -110,7 +115,7 @@ def robustness_study(net: RetrievalNet, bench: Benchmark, opts: RunOptions,
                 per_transform[transform] = results_to_json(evaluate(similarities(db, queries), bench.gnd))["protocols"]
             out["conditions"][name] = {"settings": settings.to_dict(), "results": per_transform}
     out["seconds"] = round(time.perf_counter() - start, 1)
-    return out
+    return json.loads(json.dumps(out))  # the JSON record itself (e.g. the settings' scales as a list)
 
 
 def main_protocol(report: dict) -> str:
@@ -150,7 +155,8 @@ def robustness_plot(report: dict, out: str | Path) -> Path:
     ax.set_xticks(np.arange(len(transforms)), transforms, rotation=30, ha="right", fontsize=8)
     ax.set_ylabel(f"AP / mAP ({protocol}, %)")
     ax.set_ylim(0, 105)
-    ax.set_title(f"{report['dataset']}: {report['model']}, transformed queries (dots: per-query AP)", fontsize=10)
+    queries = "transformed queries" if report.get("crop_queries", True) else "transformed whole (uncropped) queries"
+    ax.set_title(f"{report['dataset']}: {report['model']}, {queries} (dots: per-query AP)", fontsize=10)
     ax.legend(fontsize=8, loc="lower left")
     fig.tight_layout()
     return save_png(fig, out)
