@@ -121,20 +121,94 @@ def test_diffusion_solves_the_linear_system_of_its_hand_built_graph():
         w[i, j] = w[j, i] = cosd(t) ** gamma
     d = 1 / np.sqrt(w.sum(axis=1) + 1e-12)
     s = d[:, None] * w * d[None, :]
-    # the query at 100 degrees starts at its nearest vector only (truncate=1): 70, with y = cos(30)^3
+    # the query at 100 degrees starts at its nearest vector only (kq=1): 70, with y = cos(30)^3
     y = np.zeros(5)
     y[3] = cosd(30) ** gamma
     f = np.linalg.solve(np.eye(5) - alpha * s, y)
     assert np.all(np.diff(f[[3, 2, 1, 0]]) < 0) and f[4] == 0  # decreasing along the chain, 150 unreached
-    scores, ids = parse_rerank("diffusion:k=2,truncate=1,alpha=0.5,iterations=50").rerank(CHAIN_DB, unit(100))
+    scores, ids = parse_rerank("diffusion:k=2,kq=1,alpha=0.5,iterations=50").rerank(CHAIN_DB, unit(100))
     # plain similarity ranks 150 (50 away) second; diffusion follows the chain and puts it last
     assert ids[0].tolist() == [3, 2, 1, 0, 4]
     np.testing.assert_allclose(scores[0], f[[3, 2, 1, 0, 4]], rtol=1e-4, atol=1e-9)
     # the paper's alpha = 0.99: still the exact solution, ranked by f (CG converges in <= 4 steps here)
     f = np.linalg.solve(np.eye(5) - 0.99 * s, y)
-    scores, ids = parse_rerank("diffusion:k=2,truncate=1,iterations=50").rerank(CHAIN_DB, unit(100))
+    scores, ids = parse_rerank("diffusion:k=2,kq=1,iterations=50").rerank(CHAIN_DB, unit(100))
     assert ids[0].tolist() == np.argsort(-f, kind="stable").tolist()
     np.testing.assert_allclose(scores[0], np.sort(f)[::-1], rtol=1e-4, atol=1e-9)
+
+
+def test_truncated_diffusion_solves_the_subgraph_of_the_query_top_items():
+    # truncate=3: the query at 100 degrees keeps its plain top 3, 70 (30 away), 150 (50) and 40 (60); the
+    # subgraph's one edge is 40-70, normalised within it to S = [[0, 1], [1, 0]] (40's edge to 15 is cut
+    # off), so f_70 = y / (1 - a^2) and f_40 = a y / (1 - a^2); 150 is unreached (f = 0) but stays
+    # ahead of 15 and 0, outside the subgraph, which follow in plain order with score 0
+    a, y = 0.5, cosd(30) ** 3
+    scores, ids = parse_rerank(f"diffusion:k=2,kq=1,truncate=3,alpha={a},iterations=50").rerank(CHAIN_DB, unit(100))
+    assert ids[0].tolist() == [3, 2, 4, 1, 0]
+    np.testing.assert_allclose(scores[0], [y / (1 - a * a), a * y / (1 - a * a), 0, 0, 0], rtol=1e-6, atol=1e-12)
+    # truncate >= N is the whole graph, exactly the untruncated diffusion above
+    whole = parse_rerank("diffusion:k=2,kq=1,alpha=0.5,iterations=50").rerank(CHAIN_DB, unit(100))
+    at_n = parse_rerank("diffusion:k=2,kq=1,truncate=5,alpha=0.5,iterations=50").rerank(CHAIN_DB, unit(100))
+    for x, z in zip(whole, at_n):
+        np.testing.assert_array_equal(x, z)
+
+
+def test_truncated_solver_over_all_items_equals_the_system_kept_from_fit():
+    rng = np.random.default_rng(3)
+    db = _l2n(rng.normal(size=(120, 8)))
+    queries = _l2n(db[:5] + 0.3 * rng.normal(size=(5, 8)))
+    kept = parse_rerank("diffusion:k=6").fit(db)  # truncate 1000 >= 120: I - alpha S computed once in fit
+    assert kept.system is not None
+    per_query = parse_rerank("diffusion:k=6").fit(db)
+    per_query._system = None  # force the truncated path: the subgraph of all 120, rebuilt for each query
+    (s1, i1), (s2, i2) = kept.rerank(None, queries), per_query.rerank(None, queries)
+    np.testing.assert_array_equal(i1[:, :50], i2[:, :50])
+    np.testing.assert_allclose(s1, s2, rtol=1e-5, atol=1e-9)
+
+
+def test_diffusion_builds_no_dense_n_by_n_matrix():
+    import tracemalloc
+
+    rng = np.random.default_rng(4)
+    n = 4000
+    db = _l2n(rng.normal(size=(n, 16)))
+    tracemalloc.start()
+    try:
+        reranker = parse_rerank("diffusion:k=10,truncate=200").fit(db)
+        reranker.rerank(None, db[:3], k=20)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < n * n * 4 / 8, peak  # a dense float32 N x N would be 64 MB
+    assert reranker.graph.nnz <= n * 10 and reranker.system is None  # 200 < N: per-query subgraphs
+
+
+def test_the_fit_is_keyed_by_the_database_content_not_its_shape(monkeypatch):
+    rng = np.random.default_rng(5)
+    a, b = _l2n(rng.normal(size=(30, 4))), _l2n(rng.normal(size=(30, 4)))
+    expect_b = parse_rerank("dba:n=2").rerank(b, a[:2])[1]
+    reranker = parse_rerank("dba:n=2")
+    fits = []
+    original = Reranker.fit
+    monkeypatch.setattr(Reranker, "fit", lambda self, db: fits.append(1) or original(self, db))
+    first = reranker.rerank(a, a[:2])
+    assert len(fits) == 1 and reranker.fitted_on(a) and not reranker.fitted_on(b)
+    reranker.rerank(a.copy(), a[:2])  # equal content, another array: no refit
+    reranker.rerank(None, a[:2])      # the fitted database, no check
+    assert len(fits) == 1
+    other = reranker.rerank(b, a[:2])  # same shape, other content: refit
+    assert len(fits) == 2
+    np.testing.assert_array_equal(other[1], expect_b)
+    assert not np.array_equal(first[0], other[0])
+    a2 = a.copy()
+    a2[7, 1] += 1e-3  # one value changed
+    reranker.rerank(a, a[:2])
+    reranker.rerank(a2, a[:2])
+    assert len(fits) == 4
+
+
+def _l2n(x):
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
 
 def test_diffusion_beats_plain_similarity_on_two_moons():
@@ -147,14 +221,16 @@ def test_diffusion_beats_plain_similarity_on_two_moons():
            for i in range(len(x))]
     plain = compute_map(PLAIN.ranks(x, x), gnd)[0]
     diffused = compute_map(parse_rerank("diffusion").ranks(x, x), gnd)[0]  # the paper's defaults
-    assert plain < 0.85 and diffused > 0.95, (plain, diffused)
+    # truncated to the top 200 (half the points, each moon holds 200): the rest keep their plain order
+    truncated = compute_map(parse_rerank("diffusion:truncate=200").ranks(x, x), gnd)[0]
+    assert plain < 0.85 and diffused > 0.95 and plain + 0.03 < truncated < diffused, (plain, diffused, truncated)
 
 
 def test_top_k_is_the_head_of_the_full_ranking():
     rng = np.random.default_rng(0)
     db = rng.normal(size=(60, 8)).astype(np.float32)
     db /= np.linalg.norm(db, axis=1, keepdims=True)
-    for spec in ("alpha-qe", "dba+qe:n=2", "diffusion:k=5"):
+    for spec in ("alpha-qe", "dba+qe:n=2", "diffusion:k=5", "diffusion:k=5,truncate=20"):
         reranker = parse_rerank(spec)
         full, top = reranker.rerank(db, db[:3])[1], reranker.rerank(db, db[:3], k=7)[1]
         assert top.shape == (3, 7) and np.array_equal(full[:, :7], top)
@@ -179,12 +255,16 @@ def test_state_round_trip_through_an_npz_file():
         parse_rerank("dba").load_state(fitted.state())
     with pytest.raises(DeepretError, match="fit"):
         parse_rerank("dba").state()
+    old = {k: v for k, v in fitted.state().items() if k not in ("format", "fingerprint")}
+    with pytest.raises(DeepretError, match="older format"):
+        parse_rerank(spec).load_state(old)
+    assert restored.fitted_on(db)  # the fingerprint travels with the state: rerank(db, ...) does not refit
 
 
 @pytest.mark.parametrize("spec, words", [
     ("bogus", ["'bogus'", *DEFAULTS]),
     ("qe:m=3", ["'m'", "n"]),
-    ("diffusion:beta=1", ["k", "truncate", "gamma", "alpha", "iterations"]),
+    ("diffusion:beta=1", ["k", "kq", "truncate", "gamma", "alpha", "iterations"]),
     ("qe:n=two", ["whole number"]),
     ("qe:n=0", [">= 1"]),
     ("diffusion:alpha=1", ["[0, 1)"]),
@@ -203,4 +283,4 @@ def test_bad_specs_are_one_line_errors_naming_the_valid_choices(spec, words):
 
 def test_spec_is_normalised_with_the_defaults_filled_in():
     assert parse_rerank("dba:n=3+alpha-qe").spec == "dba:n=3+alpha-qe:n=10,alpha=3"
-    assert parse_rerank("diffusion").spec == "diffusion:k=50,truncate=10,gamma=3,alpha=0.99,iterations=20"
+    assert parse_rerank("diffusion").spec == "diffusion:k=50,kq=10,truncate=1000,gamma=3,alpha=0.99,iterations=20"

@@ -1,9 +1,14 @@
 """Re-ranking over an index: the database side (DBA vectors, diffusion graph) computed once per
 index state and kept in the index folder, so a searcher pays only the per-query part.
 
-`IndexReranking.get(spec)` returns a fitted `deepret.rerank.Reranker` and the image ids of its rows.
-The fitted state lives in `DIR/rerank/<spec hash>.npz` together with the catalogue version it was
-computed for; after an update (a new version) it is recomputed on the next re-ranked query.
+`IndexReranking.get(spec, version)` returns a fitted `deepret.rerank.Reranker` and the image ids of
+its rows. The fitted state lives in `DIR/rerank/<spec hash>.npz` together with the catalogue version
+it was computed for; after an update (a new version) it is recomputed on the next re-ranked query.
+
+No lock is held while a fit is computed: one thread (the first re-ranked query after the update)
+computes it, and meanwhile the other re-ranked searches for that spec go on with the previous fit
+(the catalogue as it was: images added since are missing from their results, removed ones are
+dropped by the caller's path lookup); only a spec with no fit at all yet makes them wait for it.
 """
 from __future__ import annotations
 
@@ -15,6 +20,7 @@ from typing import Callable
 
 import numpy as np
 
+from deepret.errors import DeepretError
 from deepret.fileio import atomic_write_bytes
 from deepret.rerank import Reranker, parse_rerank
 
@@ -25,25 +31,50 @@ class IndexReranking:
     def __init__(self, index_dir: Path, snapshot: Callable[[], tuple[int, np.ndarray, np.ndarray]]) -> None:
         self.dir = Path(index_dir) / "rerank"
         self.snapshot = snapshot  # () -> (catalogue version, ids, descriptors), read in one snapshot
-        self.lock = threading.Lock()
+        self.lock = threading.Lock()  # guards `fitted` and `_computing` only, never held during a fit
         self.fitted: dict[str, tuple[int, np.ndarray, Reranker]] = {}
+        self._computing: dict[str, threading.Event] = {}  # spec -> set when its fit in progress ends
 
     def get(self, spec: str, version: int) -> tuple[Reranker, np.ndarray]:
-        """(fitted re-ranker, ids of its rows) for `spec` at catalogue `version`."""
+        """(fitted re-ranker, ids of its rows) for `spec` at catalogue `version` (or a later one); while
+        another thread computes that fit, the previous fit of `spec` if there is one."""
         reranker = parse_rerank(spec)  # a bad spec fails here, before any work
-        with self.lock:
-            cached = self.fitted.get(reranker.spec)
-            if cached is not None and cached[0] == version:
-                return cached[2], cached[1]
-            ids, state = self._load(reranker.spec, version)
-            if state is not None:
-                reranker.load_state(state)
-            else:
-                version, ids, x = self.snapshot()
-                reranker.fit(x)
-                self._save(reranker, ids, version)
-            self.fitted[reranker.spec] = (version, ids, reranker)
+        key = reranker.spec
+        while True:
+            with self.lock:
+                cached = self.fitted.get(key)
+                if cached is not None and cached[0] >= version:  # versions only grow
+                    return cached[2], cached[1]
+                done = self._computing.get(key)
+                if done is None:
+                    done = self._computing[key] = threading.Event()
+                    break  # this thread computes it
+                if cached is not None:
+                    return cached[2], cached[1]  # being refit by another thread: the previous fit meanwhile
+            done.wait()  # no fit yet: wait for the one in progress (then look again: it may have failed)
+        try:
+            fitted_version, ids = self._compute(reranker, version)
+            with self.lock:
+                self.fitted[key] = (fitted_version, ids, reranker)
             return reranker, ids
+        finally:
+            with self.lock:
+                del self._computing[key]
+            done.set()
+
+    def _compute(self, reranker: Reranker, version: int) -> tuple[int, np.ndarray]:
+        """Load the state stored for `version`, or fit on a fresh snapshot (and store it)."""
+        ids, state = self._load(reranker.spec, version)
+        if state is not None:
+            try:
+                reranker.load_state(state)
+                return version, ids
+            except DeepretError:  # another format or spec: fit again
+                pass
+        version, ids, x = self.snapshot()
+        reranker.fit(x)
+        self._save(reranker, ids, version)
+        return version, ids
 
     def _file(self, spec: str) -> Path:
         return self.dir / f"{hashlib.sha1(spec.encode()).hexdigest()[:16]}.npz"
