@@ -85,8 +85,11 @@ def test_search_finds_the_query_photo_first_and_pages(built):
     assert cropped.hits[0].score < 0.999 and len(cropped.hits) == 10
     with pytest.raises(DeepretError, match="not in index"):
         index.path_of(10_000)
-    with pytest.raises(DeepretError, match="re-ranking is not available"):
-        index.search_vector(vectors[0], rerank="qe")
+    # query expansion re-ranks the same collection: every image once, the query photo still first
+    reranked = index.search_vector(vectors[0], k=10, rerank="qe:n=2")
+    assert sorted(h.id for h in reranked.hits) == sorted(int(i) for i in ids)
+    assert reranked.hits[0].id == ids[0] and set(reranked.timings) == {"rerank"}
+    assert [h.score for h in reranked.hits] == sorted((h.score for h in reranked.hits), reverse=True)
     with pytest.raises(DeepretError, match="index's own model"):
         index.search_vector(np.ones(512, np.float32))
 
@@ -219,7 +222,7 @@ def test_build_killed_with_sigkill_resumes_without_re_extracting(built, tmp_path
 
 
 UPDATER = """
-import shutil, sys, pathlib
+import shutil, sys, pathlib, time
 from deepret.index import Index
 photos, ix, extra = map(pathlib.Path, sys.argv[1:4])
 with Index.open(ix) as index:
@@ -232,6 +235,7 @@ with Index.open(ix) as index:
             shutil.copy(extra, target)
         index.update()
         print("updated", flush=True)
+        time.sleep(0.2)  # let the reader see each state: a removal commits within milliseconds
 """
 
 
@@ -284,3 +288,106 @@ def test_update_killed_at_random_moments_and_a_concurrent_reader(built, tmp_path
         (photos / "zz_flip.jpg").unlink(missing_ok=True)
     assert not errors, errors[:3]
     assert set(reads) == {10, 11}, "the reader never saw an update"
+
+
+def test_build_killed_after_publishing_but_before_ready_finishes_on_rerun(built, tmp_path, monkeypatch):
+    """The vectors were written but the process died before marking the build ready: a rerun finishes
+    it without extracting anything, and clears the temp files of the killed save (ours only)."""
+    from deepret.index.catalogue import Catalogue
+
+    base, _index, _ = built
+    ix = tmp_path / "ix"
+    shutil.copytree(base / "ix", ix, ignore=shutil.ignore_patterns("*-shm"))
+    cat = Catalogue(ix)
+    with cat.write() as db:
+        Catalogue.set_meta(db, state="building")
+    cat.close()
+    with pytest.raises(DeepretError, match="has not finished"):
+        Index.open(ix)
+    stale = [ix / ".vectors-2.faiss.k3j_x9ab.tmp", ix / ".trained.faiss.0a1b2c3d.tmp"]
+    others = [ix / ".notes.txt.k3j_x9ab.tmp", ix / "vectors-2.faiss.tmp", ix / "keep.tmp"]
+    for p in stale + others:
+        p.write_bytes(b"half a file")
+    extracted = []
+    real = build_mod.extract
+    monkeypatch.setattr(build_mod, "extract", lambda net, paths, **kw: extracted.extend(paths) or real(net, paths, **kw))
+    with build_index(base / "photos", ix, settings=SETTINGS, progress=False) as index:
+        assert len(index) == 10 and extracted == []
+        ids, x = index.vectors()
+        assert index.search_vector(x[4], k=1).hits[0].id == ids[4]
+    assert not any(p.exists() for p in stale) and all(p.exists() for p in others)
+    with Index.open(ix) as again:
+        assert again.meta["state"] == "ready"
+
+
+def test_scan_survives_dangling_links_and_files_removed_during_the_walk(tmp_path, monkeypatch):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "a.jpg").write_bytes(b"x")
+    (photos / "dangling.jpg").symlink_to(photos / "nowhere.jpg")
+    real_walk = os.walk
+
+    def walk_listing_a_vanished_file(top, *a, **kw):
+        for folder, dirs, names in real_walk(top, *a, **kw):
+            yield folder, dirs, names + ["vanished.jpg"]
+
+    monkeypatch.setattr(build_mod.os, "walk", walk_listing_a_vanished_file)
+    found = scan(photos)
+    assert found["dangling.jpg"] == build_mod.UNREADABLE and "vanished.jpg" not in found
+    assert found["a.jpg"][0] == 1
+
+
+def test_dangling_link_is_skipped_with_its_reason_and_retried_once_fixed(tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    src = sorted(require_data("rparis6k-mini", "jpg").glob("*.jpg"))[:3]
+    for p in src[:2]:
+        shutil.copy(p, photos / p.name)
+    link = photos / "link.jpg"
+    link.symlink_to(tmp_path / "missing.jpg")
+    settings = ExtractSettings(size=64)
+    with build_index(photos, tmp_path / "ix", settings=settings, progress=False) as index:
+        assert len(index) == 2
+        [skipped] = index.info()["skipped"]
+        assert skipped["path"] == "link.jpg" and "broken symbolic link" in skipped["reason"]
+        report = index.update()
+        assert (report.added, report.changed, report.removed) == (0, 0, 0)
+        shutil.copy(src[2], tmp_path / "missing.jpg")  # the link's target appears
+        report = index.update()
+        assert report.changed == 1 and len(index) == 3 and index.info()["skipped"] == []
+        assert index.search(link, k=1).hits[0].path == "link.jpg"
+
+
+PERMISSION_BUILD = """
+import json, sys
+from deepret.extract import ExtractSettings
+from deepret.index import build_index
+with build_index(sys.argv[1], sys.argv[2], model="resnet18-gem", weights="random",
+                 settings=ExtractSettings(size=64), progress=False) as index:
+    print(json.dumps(index.info()["skipped"]))
+"""
+
+
+def test_unreadable_file_is_skipped_as_permission_denied(tmp_path):
+    """chmod 000: root reads it anyway, so as root the build runs without the capabilities that let it."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    shutil.copy(sorted(require_data("rparis6k-mini", "jpg").glob("*.jpg"))[0], photos / "ok.jpg")
+    locked = photos / "locked.jpg"
+    shutil.copy(photos / "ok.jpg", locked)
+    locked.chmod(0)
+    cmd = [sys.executable, "-c", PERMISSION_BUILD, str(photos), str(tmp_path / "ix")]
+    if os.geteuid() == 0:
+        if shutil.which("setpriv") is None:
+            pytest.skip("running as root without setpriv: cannot make a file unreadable")
+        cmd = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--"] + cmd
+    try:
+        out = subprocess.run(cmd, env={**os.environ, "PYTHONPATH": str(SRC)}, capture_output=True, text=True,
+                             timeout=300)
+    finally:
+        locked.chmod(0o644)
+    if out.returncode != 0 and "Operation not permitted" in out.stderr and "setpriv" in out.stderr:
+        pytest.skip(f"setpriv cannot drop capabilities here: {out.stderr.strip()[:200]}")
+    assert out.returncode == 0, out.stderr[-2000:]
+    skipped = json.loads(out.stdout.strip().splitlines()[-1])
+    assert skipped == [{"path": "locked.jpg", "reason": "cannot be read: permission denied"}]

@@ -33,6 +33,7 @@ def bad_file_zoo(folder, im: Image.Image) -> tuple[dict[str, str], list[str]]:
     im.convert("P").save(folder / "palette.bmp")
     frames = [im, im.rotate(90)]
     frames[0].save(folder / "animated.gif", save_all=True, append_images=frames[1:])
+    frames[0].save(folder / "animated.webp", save_all=True, append_images=frames[1:])  # a photo suffix
     im.save(folder / "photo.webp")
     im.save(folder / "photo.TIFF")
     (folder / "empty.jpg").write_bytes(b"")
@@ -42,8 +43,8 @@ def bad_file_zoo(folder, im: Image.Image) -> tuple[dict[str, str], list[str]]:
     (folder / "truncated.jpg").write_bytes(full.read_bytes()[:600])
     Image.new("L", (12000, 10000)).save(folder / "huge.png")  # 120 Mpx of zeros, a tiny file
     broken = {"empty.jpg": "corrupt", "garbage.png": "corrupt", "truncated.jpg": "corrupt", "huge.png": "Mpx"}
-    valid = ["cmyk.jpg", "gray.png", "depth16.png", "alpha.png", "palette.bmp", "animated.gif", "photo.webp",
-             "photo.TIFF", "full.jpg"]
+    valid = ["cmyk.jpg", "gray.png", "depth16.png", "alpha.png", "palette.bmp", "animated.gif", "animated.webp",
+             "photo.webp", "photo.TIFF", "full.jpg"]
     return broken, valid
 
 
@@ -119,3 +120,48 @@ def test_extract_skip_returns_failures_with_reasons(zoo, tiny_net, workers):
     alone, none_failed = extract(tiny_net, [folder / "full.jpg"], settings=ExtractSettings(size=64), workers=0,
                                  progress=False, on_error="skip")
     assert none_failed == {} and np.allclose(alone[0], v[paths.index(folder / "full.jpg")], atol=1e-5)
+
+
+def test_awkward_files_are_indexed_end_to_end_and_broken_ones_listed(zoo, tmp_path):
+    from deepret.index import build_index
+    from deepret.index.build import PHOTO_SUFFIXES
+
+    folder, broken, valid = zoo
+    with build_index(folder, tmp_path / "ix", model="resnet18-gem", weights="random",
+                     settings=ExtractSettings(size=64), progress=False) as index:
+        info = index.info()
+        assert {s["path"]: s["reason"] for s in info["skipped"]}.keys() == broken.keys()
+        for s in info["skipped"]:
+            assert broken[s["path"]] in s["reason"], s
+        ids, x = index.vectors()
+        photos = [n for n in valid if n.lower().endswith(PHOTO_SUFFIXES)]  # .gif is not a collection suffix
+        assert {"cmyk.jpg", "gray.png", "depth16.png", "alpha.png", "animated.webp"} <= set(photos)
+        assert sorted(index.path_of(int(i)).name for i in ids) == sorted(photos)
+        assert np.allclose(np.linalg.norm(x, axis=1), 1, atol=1e-4)
+        for i, v in zip(ids, x):  # every stored photo is found as itself (gray.png and depth16.png tie)
+            hits = index.search_vector(v, k=3).hits
+            assert hits[0].score == pytest.approx(1.0, abs=1e-4)
+            assert i in [h.id for h in hits if h.score > hits[0].score - 1e-4]
+        hit = index.search(folder / "cmyk.jpg", k=1).hits[0]
+        assert hit.path == "cmyk.jpg" and hit.score == pytest.approx(1.0, abs=1e-4)
+
+
+def test_a_trained_factory_builds_with_train_on(zoo, tmp_path):
+    from deepret.index import build_index
+
+    train_on = zoo[0]  # 9 usable photos: enough for 4 lists
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for j, p in enumerate(sorted(require_data("landmarks-mini").rglob("*.jpg"))[:3]):
+        Image.open(p).convert("RGB").resize((96, 72)).save(photos / f"{j}.jpg")
+    kw = dict(model="resnet18-gem", weights="random", settings=ExtractSettings(size=64), progress=False)
+    with pytest.raises(DeepretError, match=r"needs at least 4 training vectors.*--train-on"):
+        build_index(photos, tmp_path / "ix", factory="IVF4,Flat", **kw)
+    with build_index(photos, tmp_path / "ix", factory="IVF4,Flat", train_on=train_on, **kw) as index:
+        info = index.info()
+        assert info["factory"] == "IVF4,Flat" and info["images"] == 3
+        assert (tmp_path / "ix" / "trained.faiss").is_file()
+        ids, x = index.vectors()
+        for i, v in zip(ids, x):
+            assert index.search_vector(v, k=1).hits[0].id == i
+        assert info["bytes_per_vector"] > 512 * 4

@@ -93,3 +93,20 @@ def test_atomic_writes_get_the_umask_mode_and_leave_no_temp_on_error(tmp_path):
         assert p.read_bytes() == b"{}" and os.listdir(tmp_path) == ["a.json"]
     finally:
         os.umask(old)
+
+
+@pytest.mark.parametrize("factory", ["Flat", "IVF8,PQ8x4", "OPQ8,IVF8,PQ8x4", "HNSW32", "PCA16,IVF8,Flat"])
+def test_bytes_per_vector_is_the_serialized_size_without_serialising(factory, monkeypatch):
+    import faiss
+
+    x = _unit(3000, 32)
+    vi = VectorIndex(factory, 32)
+    vi.add(x, np.arange(3000))
+    serialized = len(faiss.serialize_index(vi.index)) / 3000
+    monkeypatch.setattr(faiss, "serialize_index", lambda index: pytest.fail("the whole index was serialised"))
+    assert vi.bytes_per_vector() == pytest.approx(serialized, rel=0.01)
+    if factory == "Flat":
+        assert 32 * 4 + 8 <= vi.bytes_per_vector() < 32 * 4 + 8 + 1  # float32 codes and int64 ids
+    vi.add(x[:100], np.arange(3000, 3100))  # the figure follows the count
+    monkeypatch.undo()
+    assert vi.bytes_per_vector() == pytest.approx(len(faiss.serialize_index(vi.index)) / 3100, rel=0.01)

@@ -569,6 +569,7 @@ def _cmd_index(args) -> int:
                             ["result"] * len(result.hits), args.figure, title=f"{args.image.name} in {index.root.name}",
                             scores=[h.score for h in result.hits])
                 print(f"wrote {args.figure}")
+    return 0
 
 
 def _cmd_serve(args) -> int:

@@ -123,10 +123,21 @@ class VectorIndex:
         return scores, ids
 
     def bytes_per_vector(self) -> float:
-        """Serialized size of the index divided by its vector count (ids included)."""
-        if self.ntotal == 0:
+        """Serialized size of the index divided by its vector count (ids, graph links and the trained
+        quantizers' share included), computed from the index's structure: codes and ids per vector plus
+        the fixed tables (centroids, codebooks, rotations) over the count, without serialising the
+        vectors. Index types not accounted for are serialised once per vector count."""
+        n = self.ntotal
+        if n == 0:
             return float("nan")
-        return len(faiss.serialize_index(self.index)) / self.ntotal
+        size = _footprint(self.index, n)
+        if size is None:
+            cached = getattr(self, "_serialized", None)
+            if cached is None or cached[0] != n:
+                self._serialized = cached = (n, len(faiss.serialize_index(self.index)))
+            return cached[1] / n
+        per_vector, fixed = size
+        return per_vector + fixed / n
 
     def save(self, path: str | Path) -> Path:
         """Write the index atomically."""
@@ -161,6 +172,51 @@ def factory_ranks(db: np.ndarray, queries: np.ndarray, factory: str, train: np.n
         rest = np.setdiff1d(np.arange(n), found, assume_unique=False)
         ranks[:, q] = np.concatenate([found, rest])[:n]
     return ranks
+
+
+def _footprint(index: faiss.Index, n: int) -> tuple[float, int] | None:
+    """(bytes per vector, fixed bytes) of `index` holding n vectors, as FAISS serialises it; None for
+    an index type not accounted for here."""
+    index = faiss.downcast_index(index)
+    if isinstance(index, (faiss.IndexIDMap, faiss.IndexIDMap2)):
+        inner = _footprint(index.index, n)
+        return None if inner is None else (inner[0] + 8, inner[1])  # an int64 id per vector
+    if isinstance(index, faiss.IndexPreTransform):
+        fixed = 0
+        for i in range(index.chain.size()):
+            vt = faiss.downcast_VectorTransform(index.chain.at(i))
+            if not isinstance(vt, faiss.LinearTransform):
+                return None
+            fixed += 4 * (vt.A.size() + vt.b.size())
+            if isinstance(vt, faiss.PCAMatrix):
+                fixed += 4 * (vt.mean.size() + vt.eigenvalues.size() + vt.PCAMat.size())
+        inner = _footprint(index.index, n)
+        return None if inner is None else (inner[0], inner[1] + fixed)
+    if isinstance(index, faiss.IndexIVF):
+        quantizer = _footprint(index.quantizer, max(1, index.quantizer.ntotal))
+        if quantizer is None:
+            return None
+        fixed = quantizer[0] * index.quantizer.ntotal + quantizer[1] + _tables(index)
+        return index.code_size + 8, fixed  # codes and ids in the inverted lists
+    if isinstance(index, faiss.IndexHNSW):
+        storage = _footprint(index.storage, n)
+        if storage is None:
+            return None
+        hnsw = index.hnsw  # neighbour links (int32), level (int32) and offset (uint64) of every vector
+        return storage[0] + 4 * hnsw.neighbors.size() / n + 4 + 8, storage[1]
+    if isinstance(index, faiss.IndexFlatCodes):  # Flat, PQ, SQ, LSH...: one code per vector
+        return index.code_size, _tables(index)
+    return None
+
+
+def _tables(index: faiss.Index) -> int:
+    """Bytes of a coding's trained tables: PQ codebooks, scalar-quantizer ranges."""
+    fixed = 0
+    if getattr(index, "pq", None) is not None:
+        fixed += 4 * index.pq.centroids.size()
+    if getattr(index, "sq", None) is not None:
+        fixed += 4 * index.sq.trained.size()
+    return fixed
 
 
 def _has_own_ids(index: faiss.Index) -> bool:

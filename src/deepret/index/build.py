@@ -12,6 +12,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
 import time
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
@@ -51,8 +52,15 @@ class UpdateReport:
         return asdict(self)
 
 
+UNREADABLE = (-1, -1)  # (size, mtime_ns) of a listed photo that cannot be stat'ed (a dangling link...)
+
+
 def scan(root: str | Path, exclude: Path | None = None) -> dict[str, tuple[int, int]]:
-    """{path relative to root ('/' separators): (size, mtime_ns)} of every photo under root."""
+    """{path relative to root ('/' separators): (size, mtime_ns)} of every photo under root.
+
+    A name that cannot be stat'ed (a dangling symbolic link, no permission) is listed as UNREADABLE: it
+    gets a catalogue row and is skipped with its reason at extraction (and retried once it changes). A
+    file removed during the walk is left out, as if the walk had come a moment later."""
     root = Path(root)
     if not root.is_dir():
         raise DeepretError(f"photo folder {root} not found: give a folder of photos")
@@ -63,14 +71,60 @@ def scan(root: str | Path, exclude: Path | None = None) -> dict[str, tuple[int, 
         for name in names:
             if name.lower().endswith(PHOTO_SUFFIXES) and not name.startswith("."):
                 path = Path(folder, name)
-                st = path.stat()
-                found[path.relative_to(root).as_posix()] = (st.st_size, st.st_mtime_ns)
+                try:
+                    st = path.stat()
+                    found[path.relative_to(root).as_posix()] = (st.st_size, st.st_mtime_ns)
+                except FileNotFoundError:
+                    if os.path.islink(path):
+                        found[path.relative_to(root).as_posix()] = UNREADABLE
+                except OSError:
+                    found[path.relative_to(root).as_posix()] = UNREADABLE
     return dict(sorted(found.items()))
+
+
+def unreadable_reason(path: Path, reason: str) -> str:
+    """A clearer reason than the decoder's for a file that cannot be opened at all."""
+    try:
+        os.lstat(path)
+    except FileNotFoundError:
+        return "not found (removed during the build)"
+    except PermissionError:
+        return "cannot be read: permission denied"
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror or exc})"
+    if os.path.islink(path) and not os.path.exists(path):
+        return f"is a broken symbolic link (to {os.readlink(path)})"
+    try:
+        with open(path, "rb") as f:
+            f.read(1)
+    except PermissionError:
+        return "cannot be read: permission denied"
+    except IsADirectoryError:
+        return "is a directory, not a photo"
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror or exc})"
+    return reason
+
+
+# the temporary names deepret.fileio.atomic_path gives the vector files of an index while they are written
+_TEMP_FILE = re.compile(r"\.(vectors-\d+\.faiss|trained\.faiss)\.[A-Za-z0-9_]+\.tmp")
+
+
+def remove_stale_temp_files(index_dir: Path) -> list[Path]:
+    """Delete temporary vector files left by a writer that was killed while saving (call with the
+    writer lock held: no other process writes them then)."""
+    removed = []
+    for path in index_dir.glob(".*.tmp"):
+        if _TEMP_FILE.fullmatch(path.name) and path.is_file():
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
 
 
 @contextmanager
 def writer_lock(index_dir: Path) -> Iterator[None]:
-    """One writer (build or update) per index at a time, across processes."""
+    """One writer (build or update) per index at a time, across processes; on taking it, the temporary
+    files of a killed writer are removed."""
     index_dir.mkdir(parents=True, exist_ok=True)
     with open(index_dir / "writer.lock", "a") as f:
         try:
@@ -79,6 +133,7 @@ def writer_lock(index_dir: Path) -> Iterator[None]:
             raise DeepretError(f"index {index_dir} is being built or updated by another process: wait for it "
                                "to finish") from None
         try:
+            remove_stale_temp_files(index_dir)
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
@@ -90,13 +145,13 @@ def extract_files(net: RetrievalNet, root: Path, rows: Sequence[tuple[int, str]]
     paths = [root / p for _, p in rows]
     vectors, failures = extract(net, paths, settings=settings, device=device, workers=workers, progress=False,
                                 on_error="skip", upright=True, max_pixels=max_pixels)
-    sizes, skipped = {}, {rows[i][0]: reason for i, reason in failures.items()}
+    sizes, skipped = {}, {rows[i][0]: unreadable_reason(paths[i], reason) for i, reason in failures.items()}
     for i, (image_id, _) in enumerate(rows):
         if image_id not in skipped:
             try:
                 sizes[image_id] = image_size(paths[i], upright=True, max_pixels=max_pixels)
             except ImageError as exc:  # changed under our feet
-                skipped[image_id] = exc.reason
+                skipped[image_id] = unreadable_reason(paths[i], exc.reason)
     keep = [i for i, (image_id, _) in enumerate(rows) if image_id in sizes]
     if bar is not None:
         bar.update(len(rows))
@@ -206,8 +261,11 @@ def _extract_pending(index_dir, net, root, settings, device, max_pixels, workers
         _barrier(world)
         if rank == 0:
             merge_parts(cat)
-        if rank == 0 and (cat.meta("base") is None or pending):
-            open_backend(cat).publish(cat, train=training(cat), force=True)
+        # also when nothing is pending but the build is not marked ready: one killed between writing the
+        # vectors and marking itself ready publishes again (the same vectors) and finishes
+        if rank == 0 and (cat.meta("base") is None or pending or cat.meta("state") != "ready"):
+            trained = (index_dir / "trained.faiss").is_file()  # kept from an earlier try: no --train-on again
+            open_backend(cat).publish(cat, train=None if trained else training(cat), force=True)
             with cat.write() as db:
                 Catalogue.set_meta(db, state="ready")
                 Catalogue.bump(db)
@@ -268,6 +326,8 @@ def _prepare(index_dir: Path, want: dict, files: dict[str, tuple[int, int]]) -> 
             _check_same(cat.all_meta(), want, index_dir)
             merge_parts(cat)
             if cat.meta("state") != "ready":
+                if cat.meta("factory") != want["factory"]:  # quantizers trained for the other factory
+                    (index_dir / "trained.faiss").unlink(missing_ok=True)
                 with cat.write() as db:
                     Catalogue.set_meta(db, factory=want["factory"])
         if fresh and want["backend"] == "milvus":
@@ -309,8 +369,11 @@ def update_index(index: "Index", paths: Sequence[str | Path] | None = None, prog
             current, gone = {}, []
             for p in paths:
                 rel = _relative(root, Path(p))
-                st = (root / rel).stat()
-                current[rel] = (st.st_size, st.st_mtime_ns)
+                try:
+                    st = (root / rel).stat()
+                    current[rel] = (st.st_size, st.st_mtime_ns)
+                except OSError:  # gone or unreadable since the check: skipped with its reason
+                    current[rel] = UNREADABLE
         todo = {p: sm for p, sm in current.items()
                 if p not in known or known[p][1:3] != sm or known[p][3] == "pending"}
         changed = [known[p][0] for p in todo if p in known]
