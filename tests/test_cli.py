@@ -160,3 +160,71 @@ def test_models_shows_the_default_size_used_without_size(capsys):
     from deepret.models.backbones import BACKBONES
 
     assert code == 0 and f" {BACKBONES['efficientnet_lite0'].default_size} " in row
+
+
+def test_huge_benchmark_image_is_a_one_line_error_and_max_pixels_raises_the_limit(capsys, tmp_path, mini_copy,
+                                                                                  monkeypatch):
+    from deepret.errors import DeepretError
+
+    with open(mini_copy / "gnd_oxford5k-mini.pkl", "rb") as f:
+        victim = mini_copy / "jpg" / f"{pickle.load(f)['imlist'][5]}.jpg"
+    victim.unlink()
+    Image.new("1", (12000, 10000)).save(victim, format="PNG")  # 120 Mpx of one colour: small on disk
+    assert victim.stat().st_size < 200_000
+
+    def no_forward_pass(*args, **kwargs):
+        raise AssertionError("extraction started although an image is above the pixel limit")
+
+    monkeypatch.setattr(deepret.pipeline, "extract", no_forward_pass)
+    bench = ["--dataset", "oxford5k-mini", "--root", str(mini_copy.parent), *FAST]
+    for command in (["eval"], ["extract"], ["search", "--query", "0", "--out", str(tmp_path / "s.png")],
+                    ["tsne", "--out", str(tmp_path / "t.png")]):
+        line = _one_line_error(capsys, *command, *bench)
+        assert f"{victim} has 12000x10000 = 120 Mpx, above the limit of 100 Mpx: raise --max-pixels" in line, line
+
+    seen = []
+
+    def extraction_reached(net, paths, *args, max_pixels=None, **kwargs):
+        seen.append(max_pixels)
+        raise DeepretError("extraction reached")
+
+    monkeypatch.setattr(deepret.pipeline, "extract", extraction_reached)
+    for command in (["eval"], ["extract"], ["search", "--query", "0", "--out", str(tmp_path / "s.png")],
+                    ["tsne", "--out", str(tmp_path / "t.png")]):
+        line = _one_line_error(capsys, *command, *bench, "--max-pixels", "200000000")
+        assert line == "deepret: error: extraction reached"
+    assert seen == [200_000_000] * 4  # the header check passed and extraction got the raised limit too
+
+
+def test_eval_rerank_figure_draws_the_reranked_ranking(capsys, data_root, tmp_path, monkeypatch):
+    from deepret.datasets import load_benchmark
+    from deepret.rerank import parse_rerank
+    from deepret.search import rank, similarities
+
+    bench = load_benchmark("oxford5k-mini", data_root)
+    rng = np.random.default_rng(0)  # stand-in descriptors of the benchmark's shape: no extraction needed
+    db, queries = (x / np.linalg.norm(x, axis=1, keepdims=True)
+                   for x in (rng.normal(size=(54, 8)), rng.normal(size=(53, 8))))
+    features = Features(db.astype(np.float32), queries.astype(np.float32), list(bench.imlist), list(bench.qimlist),
+                        {"model": {"name": "stand-in", "provenance": "random"}, "settings": {"size": 64}})
+    monkeypatch.setattr(deepret.pipeline, "benchmark_features", lambda net, bench, opts: (features, None, False))
+    drawn = {}
+
+    def topk_figure(query_path, bbx, result_paths, labels, out, title, scores=None, **kw):
+        drawn.update(paths=list(result_paths), title=title, scores=list(scores))
+        return out
+
+    monkeypatch.setattr(deepret.pipeline, "topk_figure", topk_figure)
+    spec, k = "alpha-qe:n=3", 5
+    reranked = parse_rerank(spec).ranks(features.db, features.queries)[:k]
+    plain = rank(similarities(features.db, features.queries))[:k]
+    q = next(q for q in range(53) if list(reranked[:, q]) != list(plain[:, q]))  # a query whose top-k moves
+    report = tmp_path / "eval.json"
+    code, out, err = run(capsys, "eval", "--dataset", "oxford5k-mini", "--root", str(data_root), *FAST,
+                         "--rerank", spec, "--figure", str(tmp_path / "f.png"), "--query", str(q), "--topk", str(k),
+                         "--json", str(report))
+    assert code == 0, err
+    assert drawn["paths"] == [bench.image_path(int(i)) for i in reranked[:, q]]
+    assert drawn["scores"] == sorted(drawn["scores"], reverse=True)
+    ap = json.loads(report.read_text())["protocols"]["old"]["AP"][q]  # the re-ranked AP evaluated
+    assert drawn["title"].endswith(f"AP {ap:.1f}% (old), re-ranked by {parse_rerank(spec).spec}"), drawn["title"]

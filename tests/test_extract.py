@@ -101,3 +101,87 @@ def test_corrupt_and_truncated_images_name_the_file(net, photos, tmp_path, worke
     assert "\n" not in str(err.value)
     with pytest.raises(DeepretError, match="missing.jpg"):
         extract(net, [tmp_path / "missing.jpg"], workers=workers, progress=False)
+
+
+def _bench_with_separate_queries(root, n_db=4, n_q=3):
+    """A small revisitop benchmark whose queries are files of their own (not database images)."""
+    import pickle
+
+    from deepret.datasets import load_benchmark
+
+    src = sorted(require_data("oxford5k-mini", "jpg").glob("*.jpg"))
+    jpg = root / "sep" / "jpg"
+    jpg.mkdir(parents=True)
+    names = [f"db{i}" for i in range(n_db)] + [f"q{i}" for i in range(n_q)]
+    for name, photo in zip(names, src):
+        with Image.open(photo) as im:
+            im.convert("RGB").resize((160, 120)).save(jpg / f"{name}.jpg", quality=90)
+    gnd = [{"bbx": [5.0, 5.0, 150.0, 110.0], "ok": [0, 1], "junk": []} for _ in range(n_q)]
+    (root / "sep" / "gnd_sep.pkl").write_bytes(pickle.dumps({"imlist": names[:n_db], "qimlist": names[n_db:], "gnd": gnd}))
+    return load_benchmark("sep", root, check_images=False), jpg
+
+
+def test_broken_database_and_query_images_are_named_in_one_error_before_any_forward_pass(net, tmp_path, monkeypatch):
+    import deepret.pipeline
+    from deepret.pipeline import RunOptions, benchmark_features
+
+    bench, jpg = _bench_with_separate_queries(tmp_path)
+    (jpg / "db1.jpg").write_bytes(b"\xff\xd8 not a photo")            # database: corrupt header
+    Image.new("L", (400, 400)).save(jpg / "q0.jpg", format="PNG")     # query: over the (lowered) pixel limit
+    (jpg / "q2.jpg").unlink()                                         # query: missing
+
+    def no_forward_pass(*args, **kwargs):
+        raise AssertionError("extraction started although images are broken")
+
+    monkeypatch.setattr(deepret.pipeline, "extract", no_forward_pass)
+    opts = RunOptions(ExtractSettings(size=64), use_cache=False, workers=0, progress=False, max_pixels=100_000)
+    with pytest.raises(DeepretError) as err:
+        benchmark_features(net, bench, opts)
+    text = str(err.value)
+    assert "\n" not in text and text.startswith("3 of 7 images of sep (database and queries) cannot be used: ")
+    for name, reason in (("db1.jpg", "is corrupt"), ("q0.jpg", "has 400x400 = 0.16 Mpx, above the limit of 0.1 Mpx"),
+                         ("q2.jpg", "not found")):
+        assert f"{jpg / name} {reason}" in text, (name, text)
+    # what to do, once per kind, said of one image ("it") or of several ("them")
+    assert text.endswith(": replace or remove it; or raise --max-pixels if you trust it; "
+                         "or check the dataset root or run `deepret download`")
+
+    # many broken images: a readable first line with the count, then every one of them on its own line
+    for name in ("db0", "db2", "db3"):
+        (jpg / f"{name}.jpg").write_bytes(b"GIF89a broken")
+    with pytest.raises(DeepretError) as err:
+        benchmark_features(net, bench, opts)
+    first, *rest = str(err.value).splitlines()
+    assert first.startswith("6 of 7 images of sep (database and queries) cannot be used "
+                            "(db0.jpg, db1.jpg, db2.jpg and 3 more, each with its reason below): replace or remove them")
+    assert len(first) < 300
+    assert sorted(line.split()[0] for line in rest) == sorted(str(jpg / f"{n}.jpg")
+                                                             for n in ("db0", "db1", "db2", "db3", "q0", "q2"))
+
+
+def test_images_broken_past_their_header_are_named_together_after_extraction(net, tmp_path):
+    from deepret.pipeline import RunOptions, benchmark_features
+
+    bench, jpg = _bench_with_separate_queries(tmp_path)
+    for name in ("db2", "q1"):  # the header reads, the pixels do not
+        data = (jpg / f"{name}.jpg").read_bytes()
+        (jpg / f"{name}.jpg").write_bytes(data[:len(data) // 3])
+    cache = tmp_path / "cache"
+    with pytest.raises(DeepretError) as err:
+        benchmark_features(net, bench, RunOptions(ExtractSettings(size=64), cache_dir=cache, workers=0, progress=False))
+    text = str(err.value)
+    assert "\n" not in text and text.startswith("2 of 7 images of sep (database and queries) cannot be used: ")
+    assert str(jpg / "db2.jpg") in text and str(jpg / "q1.jpg") in text
+    assert not list(cache.rglob("*.npz"))  # nothing cached
+
+
+def test_pixel_limit_of_a_benchmark_run_is_a_parameter(net, tmp_path):
+    from deepret.pipeline import RunOptions, benchmark_features
+
+    bench, jpg = _bench_with_separate_queries(tmp_path, n_db=2, n_q=1)
+    opts = RunOptions(ExtractSettings(size=64), use_cache=False, workers=0, progress=False, max_pixels=10_000)
+    with pytest.raises(DeepretError, match=r"3 of 3 images .* above the limit of 0.01 Mpx"):
+        benchmark_features(net, bench, opts)
+    opts.max_pixels = 160 * 120
+    features, _, _ = benchmark_features(net, bench, opts)
+    assert features.db.shape == (2, net.dim) and features.queries.shape == (1, net.dim)

@@ -142,6 +142,30 @@ def test_local_state_dict_weights(tmp_path):
         create_model("resnet18-gem", weights=str(tmp_path / "missing.pth"))
 
 
+def test_state_dict_of_another_architecture_is_a_clear_error_with_its_cause(tmp_path, capsys, data_root):
+    from deepret.cli import main
+
+    torch.save(torchvision.models.resnet34().state_dict(), tmp_path / "r34.pth")   # more blocks: extra keys
+    torch.save(torchvision.models.alexnet().state_dict(), tmp_path / "alex.pth")  # nothing in common
+    wide = torchvision.models.resnet18(num_classes=10).state_dict()               # same keys, fc of another shape
+    torch.save(wide, tmp_path / "r18-10.pth")
+    torch.save([1, 2, 3], tmp_path / "list.pth")                                  # not a state_dict at all
+    for name, words in (("r34.pth", "unexpected tensors, e.g. layer1.2."),
+                        ("alex.pth", "missing tensors, e.g. conv1.weight"),
+                        ("r18-10.pth", "2 tensors of another shape, e.g. fc.weight (10, 512) where the model has (1000, 512)"),
+                        ("list.pth", "it holds a list, not a state_dict")):
+        with pytest.raises(DeepretError) as err:
+            create_model("resnet18-gem", weights=str(tmp_path / name))
+        text = str(err.value)
+        assert text.startswith(f"weights file {tmp_path / name} does not fit backbone resnet18 (") and words in text
+        assert "\n" not in text and "--model" in text
+        assert isinstance(err.value.__cause__, (RuntimeError, TypeError, AttributeError))  # chained for --debug
+    assert main(["eval", "--dataset", "oxford5k-mini", "--root", str(data_root), "--model", "resnet18-gem",
+                 "--weights", str(tmp_path / "alex.pth")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("deepret: error: ") and "alex.pth does not fit" in err[0], err
+
+
 def test_corrupt_checkpoint_is_a_one_line_error(tmp_path):
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint")

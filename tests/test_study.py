@@ -132,3 +132,32 @@ def test_standins_grow_with_the_original_networks_so_neighbours_differ(monkeypat
     monkeypatch.setattr(steps_mod, "create_model", broken)
     with pytest.raises(DeepretError, match="corrupt"):
         choose_network(cfg, STEP_BY_ID["1d"], {})
+
+
+def test_reduced_study_whitening_steps_say_which_is_pca_and_which_is_lw(tmp_path):
+    root = require_data("oxford5k-mini").parent
+    cfg = load_config(None, root=root, train=root / "landmarks-mini", out=tmp_path / "study",
+                      steps=("1e", "1e-lw"), size=64, whiten_size=64, progress=False, workers=0)
+    report = run_study(cfg)
+    html = report.read_text()
+    results = json.loads((cfg.out / "results.json").read_text())
+    pca, lw = results["steps"]
+    n_train = 23  # landmarks-mini
+    assert (pca["step"], pca["whitening"], lw["step"], lw["whitening"]) == ("1e", "pca", "1e-lw", "lw")
+    assert pca["backbone"] == lw["backbone"]  # the same network (ResNet18's role), whitened two ways
+    full = 1280 if lw["backbone"].startswith("efficientnet") else 512
+    assert pca["dim"] == n_train - 1 and lw["dim"] == full  # PCA reduces to what 23 images span; Lw keeps all
+    assert [r[4] for r in _table_rows(html)] == [str(n_train - 1), str(full)]  # the table's descriptor sizes
+    for r in (pca, lw):
+        assert all(0.0 <= v <= 100.0 for v in r["map"].values()), r["map"]
+    # the report says in words which is which
+    assert "step 1e is the original study's PCA-whitening, which reduces the dimension" in html
+    assert "step 1e-lw is the regularised variant, learned whitening (Lw) with shrinkage at full dimension" in html
+    assert any("the original study's PCA-whitening (dimension-reducing)" in n and f"becomes {n_train - 1}-d" in n
+               for n in pca["notes"]), pca["notes"]
+    assert any(n.startswith("learned whitening (Lw") and f"kept at {full}-d" in n and "shrinkage 1 x" in n
+               for n in lw["notes"]), lw["notes"]
+    section_pca = html.split('id="step-1e"', 1)[1].split("</section>", 1)[0]
+    section_lw = html.split('id="step-1e-lw"', 1)[1].split("</section>", 1)[0]
+    assert "PCA-whitening" in section_pca and f"Descriptor: {n_train - 1}-d" in section_pca
+    assert "Lw" in section_lw and "shrinkage" in section_lw and f"Descriptor: {full}-d" in section_lw

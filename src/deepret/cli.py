@@ -87,6 +87,11 @@ def _add_benchmark_options(p: argparse.ArgumentParser) -> None:
     _add_precision_option(p)
 
 
+def _add_max_pixels_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--max-pixels", type=positive_int, default=None,
+                   help="refuse benchmark images with more pixels (default 100 Mpx: a decompression-bomb guard)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="deepret", description="Instance-level image retrieval with CNN global descriptors.")
     parser.add_argument("--debug", action="store_true", help="show the full traceback (with its causes) of an error")
@@ -97,11 +102,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("extract", help="extract and save a benchmark's descriptors")
     _add_model_options(p)
     _add_benchmark_options(p)
+    _add_max_pixels_option(p)
     p.add_argument("--out", type=Path, default=None, help="also copy the features to this .npz file")
 
     p = sub.add_parser("eval", help="evaluate a model on a benchmark (mAP, mP@k, per-query AP)")
     _add_model_options(p)
     _add_benchmark_options(p)
+    _add_max_pixels_option(p)
     p.add_argument("--json", type=Path, default=None, help="write mAP per protocol, mP@k and per-query AP here")
     p.add_argument("--figure", type=Path, default=None, help="write the top-k figure of --query here (PNG)")
     p.add_argument("--query", type=nonnegative_int, default=0, help="query index for --figure (default 0)")
@@ -114,6 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("search", help="draw a query and its top-K results")
     _add_model_options(p)
     _add_benchmark_options(p)
+    _add_max_pixels_option(p)
     p.add_argument("--query", type=nonnegative_int, required=True, help="query index")
     p.add_argument("--topk", type=positive_int, default=10)
     p.add_argument("--out", type=Path, required=True, help="PNG file to write")
@@ -138,6 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("tsne", help="2-D t-SNE of a benchmark's database descriptors, coloured by landmark")
     _add_model_options(p)
     _add_benchmark_options(p)
+    _add_max_pixels_option(p)
     p.add_argument("--unlabeled", action="store_true", help="also draw images of no landmark, in grey")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, required=True, help="PNG file to write")
@@ -329,11 +338,13 @@ def _cmd_models(args) -> int:
 
 def _run_options(args):
     from deepret.extract import ExtractSettings
+    from deepret.imageio import DEFAULT_MAX_PIXELS
     from deepret.pipeline import RunOptions
 
     return RunOptions(ExtractSettings(size=args.size, scales=args.scales, flip=args.flip, precision=args.precision),
                       crop_queries=not args.no_crop, cache_dir=args.cache_dir, use_cache=not args.no_cache,
-                      device=args.device, workers=args.workers, progress=not args.quiet)
+                      device=args.device, workers=args.workers, progress=not args.quiet,
+                      max_pixels=getattr(args, "max_pixels", None) or DEFAULT_MAX_PIXELS)  # eval/extract/search/tsne
 
 
 def _benchmark_run(args):
@@ -391,7 +402,8 @@ def _cmd_eval(args) -> int:
         atomic_write_text(args.json, json.dumps(report, indent=2))
         print(f"wrote {args.json}")
     if args.figure:
-        draw_topk(features, bench, args.query, args.topk, args.figure, results, crop_drawn=not args.no_crop)
+        draw_topk(features, bench, args.query, args.topk, args.figure, results, crop_drawn=not args.no_crop,
+                  rerank=args.rerank)  # the ranking whose AP `results` holds
         print(f"wrote {args.figure}")
     return 0
 

@@ -27,15 +27,22 @@ _ORIENT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4:
            8: Image.Transpose.ROTATE_90}
 
 
-class ImageError(DeepretError):
-    """An image that cannot be used: `path` and a short `reason` (kept for skipped-file lists)."""
+# What to do about an ImageError, said of one image ("it"); lists of images say "them".
+REPLACE_ADVICE = "replace or remove it"
+MISSING_ADVICE = "check the dataset root or run `deepret download`"
+LIMIT_ADVICE = "raise --max-pixels if you trust it"
 
-    def __init__(self, path: str | Path, reason: str, advice: str = "replace or remove it") -> None:
-        self.path, self.reason = str(path), reason
+
+class ImageError(DeepretError):
+    """An image that cannot be used: `path`, a short `reason` (kept for skipped-file lists) and
+    `advice`, what to do about it."""
+
+    def __init__(self, path: str | Path, reason: str, advice: str = REPLACE_ADVICE) -> None:
+        self.path, self.reason, self.advice = str(path), reason, advice
         super().__init__(f"image {path} {reason}: {advice}")
 
     def __reduce__(self):  # picklable across DataLoader workers
-        return ImageError, (self.path, self.reason)
+        return ImageError, (self.path, self.reason, self.advice)
 
 
 @contextmanager
@@ -49,17 +56,17 @@ def _opened(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> It
             with Image.open(path) as im:
                 w, h = im.size
                 if max_pixels is not None and w * h > max_pixels:
-                    raise ImageError(path, f"has {w}x{h} = {w * h / 1e6:.0f} Mpx, above the limit of "
-                                           f"{max_pixels / 1e6:g} Mpx", "raise --max-pixels if you trust it")
+                    raise ImageError(path, f"has {w}x{h} = {w * h / 1e6:.3g} Mpx, above the limit of "
+                                           f"{max_pixels / 1e6:g} Mpx", LIMIT_ADVICE)
                 if w * h == 0:
                     raise ImageError(path, "is empty (0 pixels)")
                 yield im
     except ImageError:
         raise
     except FileNotFoundError:
-        raise ImageError(path, "not found", "check the dataset root or run `deepret download`") from None
+        raise ImageError(path, "not found", MISSING_ADVICE) from None
     except Image.DecompressionBombError as exc:
-        raise ImageError(path, f"is a decompression bomb ({exc})", "raise --max-pixels if you trust it") from None
+        raise ImageError(path, f"is a decompression bomb ({exc})", LIMIT_ADVICE) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ImageError(path, f"is corrupt or not an image ({exc})") from None
 

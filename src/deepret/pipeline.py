@@ -3,13 +3,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
 from deepret.datasets import Benchmark
+from deepret.errors import DeepretError
 from deepret.evaluate import EvalResult, evaluate, label_results
 from deepret.extract import ExtractSettings, extract, resolve_settings
 from deepret.features import Features, cache_path, default_cache_dir
+from deepret.imageio import DEFAULT_MAX_PIXELS, ImageError, image_size
 from deepret.models import RetrievalNet
 from deepret.search import rank, similarities
 from deepret.viz import topk_figure
@@ -26,6 +29,42 @@ class RunOptions:
     device: str | None = None
     workers: int | None = None
     progress: bool = True
+    max_pixels: int | None = DEFAULT_MAX_PIXELS     # a larger benchmark image is an error (None: PIL's limit)
+
+
+SHOWN_BROKEN = 3  # broken images named on the first line of the error (all are listed below it)
+
+
+def broken_images_message(broken: Sequence[ImageError], total: int, what: str = "images") -> str:
+    """The error for unusable images: one line naming each with its reason when there are up to
+    SHOWN_BROKEN; else a short first line (the count, the first names, what to do) and then every
+    one of them with its reason on a line of its own."""
+    n = len(broken)
+    counts: dict[str, int] = {}
+    for e in broken:  # each advice once, in order, said of "it" or of "them"
+        counts[e.advice] = counts.get(e.advice, 0) + 1
+    advice = "; or ".join(a[:-3] + " them" if k > 1 and a.endswith(" it") else a for a, k in counts.items())
+    items = [f"{e.path} {e.reason}" for e in broken]
+    if n <= SHOWN_BROKEN:
+        return f"{n} of {total} {what} cannot be used: {'; '.join(items)}: {advice}"
+    names = ", ".join(Path(e.path).name for e in broken[:SHOWN_BROKEN])
+    return (f"{n} of {total} {what} cannot be used ({names} and {n - SHOWN_BROKEN} more, each with its reason "
+            f"below): {advice}\n" + "\n".join(f"  {item}" for item in items))
+
+
+def check_benchmark_images(bench: Benchmark, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> None:
+    """Read the header of every database and query image (no pixels): one DeepretError naming every
+    missing, unreadable or oversized one, so a broken database image does not hide broken queries."""
+    paths = dict.fromkeys([bench.image_path(i) for i in range(len(bench.imlist))]
+                          + [bench.query_path(q) for q in range(len(bench.qimlist))])  # a query may be in the db
+    broken = []
+    for path in paths:
+        try:
+            image_size(path, max_pixels=max_pixels)
+        except ImageError as exc:
+            broken.append(exc)
+    if broken:
+        raise DeepretError(broken_images_message(broken, len(paths), f"images of {bench.name} (database and queries)"))
 
 
 def benchmark_features(net: RetrievalNet, bench: Benchmark,
@@ -39,12 +78,19 @@ def benchmark_features(net: RetrievalNet, bench: Benchmark,
         path = cache_path(opts.cache_dir or default_cache_dir(), bench, net, settings.to_dict(), opts.crop_queries)
         if path.is_file():
             return Features.load(path), path, True
-    common = dict(settings=settings, device=opts.device, workers=opts.workers, progress=opts.progress)
-    db = extract(net, [bench.image_path(i) for i in range(len(bench.imlist))],
-                 desc=f"{bench.name} database", **common)
+    check_benchmark_images(bench, opts.max_pixels)  # before any forward pass
+    common = dict(settings=settings, device=opts.device, workers=opts.workers, progress=opts.progress,
+                  max_pixels=opts.max_pixels, on_error="skip")
+    db_paths = [bench.image_path(i) for i in range(len(bench.imlist))]
+    db, db_failed = extract(net, db_paths, desc=f"{bench.name} database", **common)
     bbxs = [bench.query_bbx(q) if opts.crop_queries else None for q in range(len(bench.qimlist))]
-    queries = extract(net, [bench.query_path(q) for q in range(len(bench.qimlist))], bbxs,
-                      desc=f"{bench.name} queries", **common)
+    q_paths = [bench.query_path(q) for q in range(len(bench.qimlist))]
+    queries, q_failed = extract(net, q_paths, bbxs, desc=f"{bench.name} queries", **common)
+    if db_failed or q_failed:  # headers fine, pixels not (e.g. a truncated JPEG): all of them at once
+        broken = {db_paths[i]: r for i, r in db_failed.items()} | {q_paths[i]: r for i, r in q_failed.items()}
+        raise DeepretError(broken_images_message([ImageError(p, r) for p, r in broken.items()],
+                                                 len(set(db_paths) | set(q_paths)),
+                                                 f"images of {bench.name} (database and queries)"))
     meta = {"model": net.meta, "settings": key_settings, "dataset": bench.name}
     features = Features(db, queries, list(bench.imlist), list(bench.qimlist), meta)
     if path is not None:
@@ -69,19 +115,33 @@ def evaluate_factory(features: Features, bench: Benchmark, factory: str, params:
     return evaluate(factory_ranks(features.db, features.queries, factory, params=params), bench.gnd)
 
 
-def draw_topk(features: Features, bench: Benchmark, query: int, k: int, out: str | Path,
-              results: dict[str, EvalResult] | None = None, crop_drawn: bool = True) -> Path:
-    """The top-k figure of `query`: its bbx drawn, results bordered by their ground-truth label."""
-    bench.check_query(query)
+def topk_ranking(features: Features, query: int, k: int, rerank: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(database indices, scores) of the top `k` of `query`: by similarity, or in the order of the
+    `rerank` spec (with the re-ranker's scores), the ranking that evaluate_features(rerank=...) scores."""
+    if rerank:
+        from deepret.rerank import parse_rerank
+
+        scores, ids = parse_rerank(rerank).rerank(features.db, features.queries[query:query + 1], k)
+        return ids[0], scores[0]
     scores = similarities(features.db, features.queries[query:query + 1])[:, 0]
-    ranking = rank(scores[:, None])[:, 0]
-    results = results if results is not None else evaluate_features(features, bench)
+    top = rank(scores[:, None])[:k, 0]
+    return top, scores[top]
+
+
+def draw_topk(features: Features, bench: Benchmark, query: int, k: int, out: str | Path,
+              results: dict[str, EvalResult] | None = None, crop_drawn: bool = True,
+              rerank: str | None = None) -> Path:
+    """The top-k figure of `query`: its bbx drawn, results bordered by their ground-truth label.
+    `rerank`: draw the re-ranked ranking (pass the `results` evaluated with the same spec)."""
+    bench.check_query(query)
+    top, scores = topk_ranking(features, query, k, rerank)
+    results = results if results is not None else evaluate_features(features, bench, rerank=rerank)
     protocol = "medium" if "medium" in results else next(iter(results))
     ap = results[protocol].aps[query]
     ap_text = "no positives" if np.isnan(ap) else f"AP {ap:.1f}% ({protocol})"
-    top = ranking[:k]
     return topk_figure(
         bench.query_path(query), bench.query_bbx(query) if crop_drawn else None,
         [bench.image_path(int(i)) for i in top], label_results(top, bench.gnd[query]), out,
-        title=f"query {query}: {bench.qimlist[query]} — {ap_text}", scores=[float(scores[i]) for i in top],
+        title=f"query {query}: {bench.qimlist[query]} — {ap_text}" + (f", re-ranked by {rerank}" if rerank else ""),
+        scores=[float(s) for s in scores],
     )

@@ -178,6 +178,35 @@ def build_backbone(name: str, weights: str = "imagenet") -> Backbone:
     elif weights == "random":
         provenance = "random initialisation (no pretrained weights)"
     else:
-        model.load_state_dict(W.local_state(weights))
+        _load_local(model, name, weights)
         provenance = f"local state_dict {weights}"
     return Backbone(spec, model, provenance)
+
+
+def _load_local(model: nn.Module, name: str, path: str) -> None:
+    """Load a state_dict file into `model`; one DeepretError naming the file when it does not fit."""
+    state = W.local_state(path)
+    try:
+        model.load_state_dict(state)
+    except Exception as exc:  # RuntimeError (keys, shapes), TypeError/AttributeError (not a dict of tensors)
+        raise DeepretError(
+            f"weights file {path} does not fit backbone {name} ({_mismatch(model.state_dict(), state)}): give a "
+            f"state_dict saved from a {name} model (e.g. torch.save(model.state_dict(), ...)), the backbone that "
+            f"file was saved from as --model <backbone>-<head>, or a deepret checkpoint as --model FILE"
+        ) from exc
+
+
+def _mismatch(expected: dict, state) -> str:
+    """What differs between a model's state_dict and a loaded one, in a few words."""
+    if not isinstance(state, dict):
+        return f"it holds a {type(state).__name__}, not a state_dict"
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    shapes = [k for k in expected if k in state and tuple(getattr(state[k], "shape", ())) != tuple(expected[k].shape)]
+    parts = [f"{len(keys)} {what}, e.g. {keys[0]}"
+             for keys, what in ((missing, "missing tensors"), (unexpected, "unexpected tensors")) if keys]
+    if shapes:
+        k = shapes[0]
+        parts.append(f"{len(shapes)} tensors of another shape, e.g. {k} {tuple(state[k].shape)} where the model "
+                     f"has {tuple(expected[k].shape)}")
+    return "; ".join(parts) or "its tensors do not load"
