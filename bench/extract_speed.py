@@ -109,7 +109,7 @@ def bench_model(name: str, size: int, paths, precisions: list[str], device: torc
     settings = {p: ExtractSettings(size=size, precision=p) for p in precisions}
     dataset = _Images(paths, [None] * len(paths), net.meta["input"]["mean"], net.meta["input"]["std"])
     batches = plan_batches([image_size(p) for p in paths], size, 32, MAX_BATCH_PIXELS, fixed=net.input_size)
-    xs = [x.to(device) for _, x in (_collate([dataset[k] for k in b]) for b in batches)]
+    xs = [x.to(device) for _, x, _ in (_collate([dataset[k] for k in b]) for b in batches)]
 
     def full(p):
         return lambda: extract(net, paths, settings=settings[p], device=device, workers=workers, progress=False)
