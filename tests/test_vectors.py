@@ -47,6 +47,17 @@ def test_pq_compresses_and_flat_matches_numpy():
 def test_too_few_training_vectors_names_the_factories_that_fit():
     assert min_train_vectors("OPQ32,IVF1024,PQ32") == 1024 and min_train_vectors("IVF16,PQ8x4") == 16
     assert min_train_vectors("Flat") == 0 and min_train_vectors("HNSW32") == 0
+    # OPQ's rotation needs as many vectors as dimensions (FAISS crashes the process on fewer)
+    assert min_train_vectors("OPQ8,PQ8x4", dim=1280) == 1280 and min_train_vectors("PQ8x4", dim=1280) == 16
+    assert min_train_vectors("OPQ32,IVF1024,PQ32", dim=512) == 1024
+
+
+def test_opq_with_fewer_vectors_than_dimensions_is_refused_not_a_crash():
+    x = np.random.default_rng(0).standard_normal((100, 128)).astype("float32")
+    with pytest.raises(DeepretError, match="needs at least 128 training vectors"):
+        VectorIndex("OPQ8,PQ8x4", 128).train(x)
+    assert not any(f.startswith("OPQ") for f in fitting_factories(300, 512))
+    assert any(f.startswith("OPQ") for f in fitting_factories(600, 512))
     with pytest.raises(DeepretError, match=r"needs at least 1024 training vectors, got 100: .*Flat, HNSW32"):
         VectorIndex("IVF1024,PQ32", 64).train(_unit(100, 64))
     fits = fitting_factories(300, 16)

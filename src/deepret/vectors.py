@@ -20,10 +20,12 @@ EXACT = "Flat"
 EXAMPLE_FACTORIES = ("Flat", "HNSW32", "IVF1024,Flat", "IVF1024,PQ32", "OPQ32,IVF1024,PQ32")
 
 
-def min_train_vectors(factory: str) -> int:
+def min_train_vectors(factory: str, dim: int | None = None) -> int:
     """Training vectors a factory needs: k-means needs at least as many points as centroids
-    (IVF<n>: n, PQ<m>x<b>: 2**b, default b = 8); 0 for factories without training."""
-    need = 0
+    (IVF<n>: n, PQ<m>x<b>: 2**b, default b = 8); OPQ's rotation at least `dim` (FAISS's
+    OPQMatrix.train corrupts the heap and kills the process on fewer, faiss-cpu 1.15); 0 for
+    factories without training."""
+    need = dim if dim is not None and re.search(r"(?:^|,)OPQ\d", factory) else 0
     for n in re.findall(r"IVF(\d+)", factory):
         need = max(need, int(n))
     for _m, bits in re.findall(r"(?<![O])PQ(\d+)(?:x(\d+))?", factory):
@@ -39,7 +41,9 @@ def fitting_factories(n_train: int, dim: int) -> list[str]:
         fits.append(f"IVF{nlist},Flat")
     if n_train >= 256:
         m = _pq_subquantizers(dim)
-        fits += [f"IVF{nlist},PQ{m}", f"OPQ{m},IVF{nlist},PQ{m}"]
+        fits.append(f"IVF{nlist},PQ{m}")
+        if n_train >= dim:
+            fits.append(f"OPQ{m},IVF{nlist},PQ{m}")
     return fits
 
 
@@ -78,7 +82,7 @@ class VectorIndex:
         if self.is_trained:
             return
         x = _as_f32(x, self.dim)
-        need = min_train_vectors(self.factory)
+        need = min_train_vectors(self.factory, self.dim)
         if len(x) < need:
             raise DeepretError(
                 f"factory {self.factory!r} needs at least {need} training vectors, got {len(x)}: "

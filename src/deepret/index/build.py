@@ -235,7 +235,7 @@ def build_index(photos: str | Path, index_dir: str | Path, model: str = DEFAULT_
 def _check_trainable(factory: str, n_files: int, train_on, dim: int) -> None:
     """Before extracting anything: a factory that needs more training vectors than there are photos."""
     VectorIndex(factory, dim)  # a clear error for an invalid factory string
-    need = min_train_vectors(factory)
+    need = min_train_vectors(factory, dim)
     if train_on is None and n_files < need:
         raise DeepretError(f"factory {factory!r} needs at least {need} training vectors but the collection has "
                            f"{n_files} photos: use one of {', '.join(fitting_factories(n_files, dim))}, or train on "
