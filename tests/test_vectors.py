@@ -50,6 +50,7 @@ def test_too_few_training_vectors_names_the_factories_that_fit():
     # OPQ's rotation needs as many vectors as dimensions (FAISS crashes the process on fewer)
     assert min_train_vectors("OPQ8,PQ8x4", dim=1280) == 1280 and min_train_vectors("PQ8x4", dim=1280) == 16
     assert min_train_vectors("OPQ32,IVF1024,PQ32", dim=512) == 1024
+    assert min_train_vectors("PCA256,OPQ16,PQ16", dim=1280) == 256  # the rotation sees 256-d vectors
 
 
 def test_opq_with_fewer_vectors_than_dimensions_is_refused_not_a_crash():

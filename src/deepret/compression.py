@@ -8,6 +8,7 @@ collections, and factories that still have too few training vectors are reported
 from __future__ import annotations
 
 import json
+import textwrap
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -127,7 +128,9 @@ def compression_plot(rows: list[CompressionRow], title: str, out: str | Path) ->
     for r in rows:
         if r.skipped:
             continue
-        family = ("OPQ" if r.factory.startswith("OPQ") else "PQ" if "PQ" in r.factory else r.factory)
+        family = ("OPQ" if "OPQ" in r.factory else "PQ" if "PQ" in r.factory else r.factory)
+        if r.factory.startswith("PCA") and "PQ" in r.factory:
+            family = r.factory.split(",")[0] + " + " + family
         if "PQ" in r.factory:
             family += " 4-bit codes" if r.factory.endswith("x4") else " 8-bit codes"
         families.setdefault(family, []).append((r.code_bytes, r.mAP[protocol]))
@@ -141,7 +144,7 @@ def compression_plot(rows: list[CompressionRow], title: str, out: str | Path) ->
     ax.set_xscale("log", base=2)
     ax.set_xlabel("bytes per vector (code only)")
     ax.set_ylabel(f"mAP ({protocol}, %)")
-    ax.set_title(title, fontsize=10)
+    ax.set_title("\n".join(textwrap.wrap(title, 80)), fontsize=10)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()

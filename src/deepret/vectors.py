@@ -25,7 +25,14 @@ def min_train_vectors(factory: str, dim: int | None = None) -> int:
     (IVF<n>: n, PQ<m>x<b>: 2**b, default b = 8); OPQ's rotation at least `dim` (FAISS's
     OPQMatrix.train corrupts the heap and kills the process on fewer, faiss-cpu 1.15); 0 for
     factories without training."""
-    need = dim if dim is not None and re.search(r"(?:^|,)OPQ\d", factory) else 0
+    need = 0
+    if dim is not None:
+        d = dim
+        for part in factory.split(","):  # OPQ's input dimension: `dim`, or what a PCA before it keeps
+            if part.startswith("OPQ"):
+                need = max(need, d)
+            reduced = re.match(r"(?:PCA[A-Z]*|OPQ\d+_)(\d+)", part)
+            d = int(reduced.group(1)) if reduced else d
     for n in re.findall(r"IVF(\d+)", factory):
         need = max(need, int(n))
     for _m, bits in re.findall(r"(?<![O])PQ(\d+)(?:x(\d+))?", factory):
