@@ -11,6 +11,7 @@ from PIL import Image
 import deepret.pipeline
 from deepret.cli import main
 from deepret.features import Features
+from deepret.models import DEFAULT_MODEL
 
 from conftest import require_data
 
@@ -45,7 +46,7 @@ def test_eval_prints_table_writes_json_and_figure_then_reuses_features(capsys, d
     old = result["protocols"]["old"]
     assert 0 < old["mAP"] <= 100 and len(old["AP"]) == 53 and set(old["mP@k"]) == {"1", "5", "10"}
     assert abs(np.nanmean([a for a in old["AP"] if a is not None]) - old["mAP"]) < 1e-6
-    assert result["model"]["name"] == "efficientnet_lite0-gem"
+    assert result["model"]["name"] == DEFAULT_MODEL  # no --model: the default
     with Image.open(figure) as im:
         assert im.width > 500 and im.height > 150
 
