@@ -123,7 +123,8 @@ def main() -> None:
         precisions.insert(0, "fp32")
     bench = load_benchmark("oxford5k-mini", args.root)
     data = load_labelled(Path(args.root) / "landmarks-mini")
-    paths = [bench.image_path(i) for i in range(min(args.images, len(bench.imlist)))]
+    speed_bench = load_benchmark("rparis6k-mini", args.root)  # photos all 1024 px: the peer does the same work
+    paths = [speed_bench.image_path(i) for i in range(min(args.images, len(speed_bench.imlist)))]
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({os.cpu_count()} cores)"
     print(f"precision report on {name}, torch {torch.__version__}", flush=True)
     parts = set(args.parts.split(","))

@@ -1,6 +1,7 @@
 """Which reduced precision each backbone tolerates: oxford5k-mini mAP in fp32, bf16 and fp16.
 
     python bench/precision_table.py --json runs/precision.json
+    python bench/precision_table.py --dataset rparis6k-mini --precisions fp32,bf16   # the second benchmark
 
 For every registered backbone (`<backbone>-gem`) the whole oxford5k-mini benchmark (54 database
 images, 53 cropped queries) is extracted once per precision in one process, precisions interleaved
@@ -24,7 +25,7 @@ import torch
 from deepret.datasets import load_benchmark
 from deepret.extract import ExtractSettings, extract
 from deepret.models import create_model
-from deepret.models.backbones import BACKBONES, OFFLINE_BACKBONES
+from deepret.models.backbones import BACKBONES, OFFLINE_BACKBONES, default_size
 from deepret.pipeline import RunOptions, benchmark_features, evaluate_features
 from deepret.precision import MAP_TOLERANCE, cpu_has_fast
 
@@ -63,7 +64,8 @@ def measure(backbone: str, size: int, precisions: list[str], bench, device: str)
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--backbones", default=",".join(BACKBONES))
-    ap.add_argument("--lite-size", type=int, default=1024, help="image size of the EfficientNet-Lite rows")
+    ap.add_argument("--lite-size", type=int, default=None,
+                    help="image size of the EfficientNet-Lite rows (default: each one's evaluation size)")
     ap.add_argument("--size", type=int, default=512, help="image size of the random-weight rows")
     ap.add_argument("--precisions", default="fp32,bf16,fp16")
     ap.add_argument("--dataset", default="oxford5k-mini")
@@ -82,7 +84,7 @@ def main() -> None:
     print("|---|---|---:|---|---:|---:|---:|---:|---|")
     rows = []
     for backbone in args.backbones.split(","):
-        size = args.lite_size if backbone in OFFLINE_BACKBONES else args.size
+        size = (args.lite_size or default_size(backbone)) if backbone in OFFLINE_BACKBONES else args.size
         row = measure(backbone, size, precisions, bench, args.device)
         rows.append(row)
         for precision, r in row["precisions"].items():

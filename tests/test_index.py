@@ -109,6 +109,37 @@ def test_other_model_or_changed_settings_are_refused(built, tmp_path):
         Index.open(tmp_path)
 
 
+def test_a_bf16_index_is_queried_updated_and_resumed_in_fp32_where_bf16_is_slow(tmp_path, monkeypatch):
+    import deepret.precision as P
+
+    photos = sorted(require_data("rparis6k-mini", "jpg").glob("*.jpg"))[:4]
+    (tmp_path / "photos").mkdir()
+    for p in photos[:3]:
+        shutil.copy(p, tmp_path / "photos" / p.name)
+    lite0 = dict(model="efficientnet_lite0-gem", progress=False)
+    monkeypatch.setattr(P, "cpu_has_fast", lambda p: p == "bf16")  # the machine that builds it
+    index = build_index(tmp_path / "photos", tmp_path / "ix", settings=ExtractSettings(size=128), **lite0)
+    assert index.settings.precision == "bf16" == index.run_settings(index.load_model()).precision
+    index.close()
+    monkeypatch.setattr(P, "cpu_has_fast", lambda p: p == "fp32")  # another machine: no bf16 instructions
+    with Index.open(tmp_path / "ix") as index:
+        net = index.load_model()
+        assert index.settings.precision == "bf16" and index.run_settings(net).precision == "fp32"
+        hit = index.search(photos[1]).hits[0]
+        assert hit.path == photos[1].name and hit.score > 0.99  # fp32 query, bf16 database
+        shutil.copy(photos[3], tmp_path / "photos" / photos[3].name)
+        assert index.update().added == 1
+        assert index.search(photos[3]).hits[0].path == photos[3].name
+    # a build begun in bf16 goes on in fp32 (both within the tolerance for Lite0) ...
+    build_index(tmp_path / "photos", tmp_path / "ix", settings=ExtractSettings(size=128), **lite0).close()
+    # ... but not for a network whose table does not accept bf16
+    monkeypatch.setitem(P.REDUCED_OK, "efficientnet_lite0", ())
+    with pytest.raises(DeepretError, match="settings"):
+        build_index(tmp_path / "photos", tmp_path / "ix", settings=ExtractSettings(size=128), **lite0)
+    with Index.open(tmp_path / "ix") as index:  # not interchangeable: stays in the stored bf16
+        assert index.run_settings(index.load_model()).precision == "bf16"
+
+
 def test_a_checkpoint_changed_after_the_build_is_refused(tmp_path):
     import torch
 
@@ -169,6 +200,22 @@ def test_cli_build_info_search(built, tmp_path, capsys):
     assert json.loads(capsys.readouterr().out.split("wrote")[-1].split("\n", 1)[1])["images"] == 10
     assert main(["index", "info", "--index", str(tmp_path / "nothing")]) == 2
     assert "not a deepret index" in capsys.readouterr().err
+
+
+def test_cli_search_precision_is_checked_against_the_index(built, tmp_path, capsys, monkeypatch):
+    import deepret.precision as P
+
+    base, index, _ = built
+    query = index.path_of(int(index.vectors()[0][2]))
+    args = ["index", "search", "--index", str(base / "ix"), str(query), "--topk", "1", "--json", str(tmp_path / "r.json")]
+    stored = index.settings.precision  # what auto meant on this machine: fp32, or bf16 with AMX
+    other = "fp16" if stored == "bf16" else "bf16"
+    assert main(args + ["--precision", other]) == 0  # Lite2: both within the tolerance of fp32
+    assert json.loads((tmp_path / "r.json").read_text())["hits"][0]["path"] == query.relative_to(index.root).as_posix()
+    monkeypatch.setitem(P.REDUCED_OK, index.load_model().meta["backbone"], ())
+    assert main(args + ["--precision", other]) == 2
+    err = capsys.readouterr().err
+    assert f"holds {stored} descriptors" in err and f"--precision auto or {stored}" in err
 
 
 def _stored(index_dir: Path) -> dict[str, np.ndarray]:

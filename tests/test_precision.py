@@ -54,6 +54,22 @@ def test_auto_follows_the_table_and_the_hardware(monkeypatch):
     assert P.resolve_precision("auto", "netA", "cuda") == "fp32"  # bf16 only, and this GPU has none
 
 
+def test_stored_precision_is_kept_where_it_runs_fast_and_swapped_where_interchangeable(monkeypatch):
+    monkeypatch.setitem(P.REDUCED_OK, "netA", ("bf16", "fp16"))
+    monkeypatch.setattr(P, "cpu_has_fast", lambda p: p == "fp32")
+    assert P.interchangeable("bf16", "fp32", "netA") and P.interchangeable("fp16", "bf16", "netA")
+    assert not P.interchangeable("bf16", "fp32", "other") and P.interchangeable("bf16", "bf16", "other")
+    assert P.portable_precision("bf16", "netA", "cpu") == "fp32"  # emulated here, and fp32 is as good
+    assert P.portable_precision("fp16", "netA", "cpu") == "fp32"  # e.g. an index built on a GPU
+    assert P.portable_precision("bf16", "other", "cpu") == "bf16"  # not measured: the stored numbers
+    assert P.portable_precision("fp32", "netA", "cpu") == "fp32"
+    monkeypatch.setattr(P, "cpu_has_fast", lambda p: True)
+    assert P.portable_precision("bf16", "netA", "cpu") == "bf16"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert P.runs_fast("fp16", "cuda") and not P.runs_fast("bf16", "cuda")
+    assert P.portable_precision("bf16", "netA", "cuda") == "fp16"
+
+
 def test_gem_and_l2n_stay_fp32_under_autocast():
     torch.manual_seed(0)
     net = create_model("resnet18-gem", weights="random").eval()

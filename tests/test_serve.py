@@ -77,8 +77,23 @@ def test_health_and_info_describe_the_index(client):
     assert "efficientnet_lite0-gem" in str(info["model"])
     assert info["bytes_per_vector"] >= 1280 * 4 and info["uploads"] is False
     assert info["rerank_toggles"] == {"qe": "alpha-qe", "diffusion": "diffusion"}
+    assert info["query_precision"] == info["settings"]["precision"]  # built on this machine: its own
     assert client.get("/openapi.json").json()["paths"].keys() >= {"/api/search", "/api/images/{image_id}/thumb"}
     assert client.get("/docs").status_code == 200
+
+
+def test_a_precision_that_does_not_match_the_index_fails_the_load_with_the_reason(built, monkeypatch):
+    import deepret.precision as P
+
+    monkeypatch.setitem(P.REDUCED_OK, "efficientnet_lite0", ())  # no reduced precision accepted
+    with _client(built[0], precision="fp16") as c:
+        deadline = time.monotonic() + 120
+        while (health := c.get("/api/health")).json()["status"] == "loading":
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        assert health.status_code == 503 and health.json()["status"] == "failed"
+        assert "is not measured to give the same ranking" in health.json()["detail"]
+        assert c.post("/api/search", data={"id": "1"}).status_code == 503
 
 
 def test_search_by_upload_with_the_official_box_finds_the_landmark(client):

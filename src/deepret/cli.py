@@ -65,6 +65,12 @@ def _add_precision_option(p: argparse.ArgumentParser, default: str = "auto") -> 
                         "and the network keeps its mAP, see docs/benchmarks.md)")
 
 
+def _add_index_precision_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--precision", type=_parse_precision, default="auto",
+                   help="of the queries and new photos: auto (default: the index's own, or fp32 where that one "
+                        "has no hardware support here), fp32, bf16 or fp16 (must match the index's, see docs/search.md)")
+
+
 def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=DEFAULT_MODEL, help="a name from `deepret models` or a checkpoint path")
     p.add_argument("--weights", default="imagenet",
@@ -279,6 +285,7 @@ def _add_index_parsers(sub) -> None:
     p = actions.add_parser("update", help="add new photos, re-extract changed ones, remove deleted ones")
     p.add_argument("--index", required=True, type=Path)
     p.add_argument("--device", default=None)
+    _add_index_precision_option(p)
     p.add_argument("--quiet", action="store_true")
     p = actions.add_parser("info", help="counts, model, factory, bytes per vector, skipped files")
     p.add_argument("--index", required=True, type=Path)
@@ -293,6 +300,7 @@ def _add_index_parsers(sub) -> None:
     p.add_argument("--rerank", default=None, metavar="SPEC",
                    help="re-rank, e.g. alpha-qe, dba+alpha-qe, diffusion (see docs/search.md)")
     p.add_argument("--device", default=None)
+    _add_index_precision_option(p)
 
 
 def _add_serve_parser(sub) -> None:
@@ -305,6 +313,7 @@ def _add_serve_parser(sub) -> None:
     p.add_argument("--allow-uploads", action="store_true", help="let POST /api/images add photos to the collection")
     p.add_argument("--max-upload-mb", type=float, default=20.0, help="largest accepted upload (default 20 MB)")
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
+    _add_index_precision_option(p)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -545,7 +554,7 @@ def _cmd_index(args) -> int:
             print(f"{args.index}: {info['images']} images indexed, {len(info['skipped'])} skipped "
                   f"(see `deepret index info --index {args.index}`)")
         return 0
-    with Index.open(args.index, device=getattr(args, "device", None)) as index:
+    with Index.open(args.index, device=getattr(args, "device", None), precision=getattr(args, "precision", "auto")) as index:
         if args.action == "update":
             report = index.update(progress=not args.quiet)
             print(f"{args.index}: {report.added} added, {report.changed} changed, {report.removed} removed, "
@@ -590,7 +599,8 @@ def _cmd_serve(args) -> int:
     if args.max_upload_mb <= 0:
         raise DeepretError(f"--max-upload-mb {args.max_upload_mb:g}: give a size in MB above 0")
     serve(args.index, host=args.host, port=args.port, token=args.token, allow_uploads=args.allow_uploads,
-          max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), device=args.device)
+          max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), device=args.device,
+          precision=args.precision)
     return 0
 
 

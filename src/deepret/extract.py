@@ -23,7 +23,8 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from deepret.errors import DeepretError
-from deepret.imageio import DEFAULT_MAX_PIXELS, BBox, ImageError, image_size, open_rgb, target_shape, to_tensor
+from deepret.imageio import (DEFAULT_MAX_PIXELS, BBox, ImageError, broken_images_message, image_size, open_rgb,
+                             target_shape, to_tensor)
 from deepret.models import RetrievalNet, l2n
 from deepret.precision import autocast, parse_precision, prepare_input, prepare_model, resolve_precision
 from deepret.runtime import default_workers, tune_allocator
@@ -95,13 +96,6 @@ def _collate(items):
     return [i for i, _ in ok], torch.stack([x for _, x in ok]) if ok else None, errors
 
 
-def failures_message(paths: Sequence[str | Path], failures: dict[int, str], shown: int = 3) -> str:
-    """One line naming the first `shown` broken images and how many there are."""
-    named = "; ".join(f"{paths[i]} {failures[i]}" for i in sorted(failures)[:shown])
-    more = f"; and {len(failures) - shown} more" if len(failures) > shown else ""
-    return f"{len(failures)} of {len(paths)} images cannot be used: {named}{more}: replace or remove them"
-
-
 def plan_batches(sizes: Sequence[tuple[int, int]], longest: int | None, round_to: int,
                  max_pixels: int, fixed: int | None = None) -> list[list[tuple[int, int, int]]]:
     """Group items by resized shape; each batch holds at most `max_pixels` pixels (at least one image)."""
@@ -142,12 +136,13 @@ def extract(net: RetrievalNet, paths: Sequence[str | Path], bbxs: Sequence[BBox 
     precision = settings.precision
     net = prepare_model(net, device, precision).eval()
     failures: dict[int, str] = {}
+    header_errors: dict[int, ImageError] = {}  # with their advice (e.g. raise --max-pixels)
     sizes: dict[int, tuple[int, int]] = {}
     for i, (p, b) in enumerate(zip(paths, bbxs)):
         try:
             sizes[i] = image_size(p, b, upright=upright, max_pixels=max_pixels)
         except ImageError as exc:
-            failures[i] = exc.reason
+            failures[i], header_errors[i] = exc.reason, exc
     usable = sorted(sizes)
     mean, std = net.meta["input"]["mean"], net.meta["input"]["std"]
     msp = _multiscale_power(net) if len(settings.scales) > 1 else 1.0
@@ -170,7 +165,8 @@ def extract(net: RetrievalNet, paths: Sequence[str | Path], bbxs: Sequence[BBox 
                         acc[idx] += v.double().cpu().pow(msp) if msp != 1.0 else v.double().cpu()
                     bar.update(len(idx) + len(errors))
     if failures and on_error == "raise":
-        raise DeepretError(failures_message(paths, failures))
+        raise DeepretError(broken_images_message(
+            [header_errors.get(i) or ImageError(paths[i], failures[i]) for i in sorted(failures)], len(paths)))
     acc /= len(settings.scales)
     if msp != 1.0:
         acc = acc.pow(1.0 / msp)

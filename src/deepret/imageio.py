@@ -45,6 +45,26 @@ class ImageError(DeepretError):
         return ImageError, (self.path, self.reason, self.advice)
 
 
+SHOWN_BROKEN = 3  # broken images named on the first line of the error (all are listed below it)
+
+
+def broken_images_message(broken: Sequence[ImageError], total: int, what: str = "images") -> str:
+    """The error for unusable images: one line naming each with its reason when there are up to
+    SHOWN_BROKEN; else a short first line (the count, the first names, what to do) and then every
+    one of them with its reason on a line of its own."""
+    n = len(broken)
+    counts: dict[str, int] = {}
+    for e in broken:  # each advice once, in order, said of "it" or of "them"
+        counts[e.advice] = counts.get(e.advice, 0) + 1
+    advice = "; or ".join(a[:-3] + " them" if k > 1 and a.endswith(" it") else a for a, k in counts.items())
+    items = [f"{e.path} {e.reason}" for e in broken]
+    if n <= SHOWN_BROKEN:
+        return f"{n} of {total} {what} cannot be used: {'; '.join(items)}: {advice}"
+    names = ", ".join(Path(e.path).name for e in broken[:SHOWN_BROKEN])
+    return (f"{n} of {total} {what} cannot be used ({names} and {n - SHOWN_BROKEN} more, each with its reason "
+            f"below): {advice}\n" + "\n".join(f"  {item}" for item in items))
+
+
 @contextmanager
 def _opened(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Iterator[Image.Image]:
     """Image.open with ImageErrors for missing, corrupt and oversized files."""

@@ -12,7 +12,7 @@ from deepret.errors import DeepretError
 from deepret.evaluate import EvalResult, evaluate, label_results
 from deepret.extract import ExtractSettings, extract, resolve_settings
 from deepret.features import Features, cache_path, default_cache_dir
-from deepret.imageio import DEFAULT_MAX_PIXELS, ImageError, image_size
+from deepret.imageio import DEFAULT_MAX_PIXELS, ImageError, broken_images_message, image_size
 from deepret.models import RetrievalNet
 from deepret.search import rank, similarities
 from deepret.viz import topk_figure
@@ -30,26 +30,6 @@ class RunOptions:
     workers: int | None = None
     progress: bool = True
     max_pixels: int | None = DEFAULT_MAX_PIXELS     # a larger benchmark image is an error (None: PIL's limit)
-
-
-SHOWN_BROKEN = 3  # broken images named on the first line of the error (all are listed below it)
-
-
-def broken_images_message(broken: Sequence[ImageError], total: int, what: str = "images") -> str:
-    """The error for unusable images: one line naming each with its reason when there are up to
-    SHOWN_BROKEN; else a short first line (the count, the first names, what to do) and then every
-    one of them with its reason on a line of its own."""
-    n = len(broken)
-    counts: dict[str, int] = {}
-    for e in broken:  # each advice once, in order, said of "it" or of "them"
-        counts[e.advice] = counts.get(e.advice, 0) + 1
-    advice = "; or ".join(a[:-3] + " them" if k > 1 and a.endswith(" it") else a for a, k in counts.items())
-    items = [f"{e.path} {e.reason}" for e in broken]
-    if n <= SHOWN_BROKEN:
-        return f"{n} of {total} {what} cannot be used: {'; '.join(items)}: {advice}"
-    names = ", ".join(Path(e.path).name for e in broken[:SHOWN_BROKEN])
-    return (f"{n} of {total} {what} cannot be used ({names} and {n - SHOWN_BROKEN} more, each with its reason "
-            f"below): {advice}\n" + "\n".join(f"  {item}" for item in items))
 
 
 def check_benchmark_images(bench: Benchmark, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> None:

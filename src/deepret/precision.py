@@ -90,6 +90,34 @@ def resolve_precision(requested: str, backbone: str | None, device: torch.device
     return requested
 
 
+def runs_fast(precision: str, device: torch.device | str) -> bool:
+    """Whether `precision` runs at hardware speed on `device` (fp32 always; elsewhere it is emulated)."""
+    device = torch.device(device)
+    if precision == "fp32":
+        return True
+    if device.type == "cuda":
+        return precision == "fp16" or torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and cpu_has_fast(precision)
+
+
+def interchangeable(a: str, b: str, backbone: str | None) -> bool:
+    """Whether descriptors made in precisions `a` and `b` may share an index: the same, or both within
+    MAP_TOLERANCE of fp32 for `backbone` (REDUCED_OK)."""
+    accepted = {"fp32", *REDUCED_OK.get(backbone or "", ())}
+    return a == b or (a in accepted and b in accepted)
+
+
+def portable_precision(stored: str, backbone: str | None, device: torch.device | str) -> str:
+    """The precision in which to describe more images (queries, updates) for descriptors stored in
+    `stored`, on `device`: `stored` where it runs fast there; else what `auto` means there, when the
+    two are interchangeable (a bf16 index from an AMX machine queried on an AVX2 one gets fp32);
+    else `stored`, slow but the same numbers."""
+    if runs_fast(stored, device):
+        return stored
+    here = resolve_precision("auto", backbone, device)
+    return here if interchangeable(here, stored, backbone) else stored
+
+
 def autocast(device: torch.device | str, precision: str) -> AbstractContextManager:
     """The autocast region of a concrete precision (nothing for fp32)."""
     if precision == "fp32":

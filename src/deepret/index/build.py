@@ -29,6 +29,7 @@ from deepret.imageio import DEFAULT_MAX_PIXELS, ImageError, image_size
 from deepret.index.backends import open_backend
 from deepret.index.catalogue import CATALOGUE, FORMAT, Catalogue
 from deepret.models import DEFAULT_MODEL, RetrievalNet, get_model
+from deepret.precision import interchangeable
 from deepret.vectors import VectorIndex, fitting_factories, min_train_vectors
 
 if TYPE_CHECKING:
@@ -183,11 +184,17 @@ def _identity(net: RetrievalNet, model: str, weights: str, settings: ExtractSett
             "factory": factory, "backend": backend, "uri": uri, "max_pixels": max_pixels}
 
 
-def _check_same(meta: dict, want: dict, index_dir: Path) -> None:
-    """Refuse to resume another build in this folder (the factory may change until the build is done)."""
+def _check_same(meta: dict, want: dict, index_dir: Path, backbone: str | None) -> None:
+    """Refuse to resume another build in this folder (the factory may change until the build is done).
+    The precision may differ where both are interchangeable (a build begun in bf16 on one machine
+    resumes in fp32 on another)."""
     keys = ("root", "fingerprint", "settings", "backend", "uri") + (("factory",) if meta.get("state") == "ready" else ())
     for key in keys:
-        if meta.get(key) != want[key]:
+        have, wanted = meta.get(key), want[key]
+        if key == "settings" and isinstance(have, dict) and interchangeable(
+                have.get("precision"), wanted["precision"], backbone):
+            have, wanted = {**have, "precision": None}, {**wanted, "precision": None}
+        if have != wanted:
             raise DeepretError(f"index {index_dir} was built with {key} {meta.get(key)!r}, not {want[key]!r}: "
                                f"give another --index folder, or update it with `deepret index update --index "
                                f"{index_dir}`")
@@ -222,7 +229,7 @@ def build_index(photos: str | Path, index_dir: str | Path, model: str = DEFAULT_
     with ExitStack() as stack:
         if rank == 0:
             stack.enter_context(writer_lock(index_dir))
-            _prepare(index_dir, want, files)
+            _prepare(index_dir, want, files, net.meta.get("backbone"))
         _barrier(world)
         _extract_pending(index_dir, net, root, settings, device, max_pixels, workers, progress, rank, world, chunk,
                          lambda cat: _training_vectors(net, train_on, settings, device, max_pixels, workers,
@@ -317,13 +324,13 @@ def _barrier(world: int) -> None:
         dist.barrier()
 
 
-def _prepare(index_dir: Path, want: dict, files: dict[str, tuple[int, int]]) -> None:
+def _prepare(index_dir: Path, want: dict, files: dict[str, tuple[int, int]], backbone: str | None) -> None:
     """Create the catalogue (or check it is this build's) and list the photos not yet in it."""
     fresh = not (index_dir / CATALOGUE).is_file()
     cat = Catalogue(index_dir, create=True)
     try:
         if not fresh:
-            _check_same(cat.all_meta(), want, index_dir)
+            _check_same(cat.all_meta(), want, index_dir, backbone)
             merge_parts(cat)
             if cat.meta("state") != "ready":
                 if cat.meta("factory") != want["factory"]:  # quantizers trained for the other factory
@@ -388,7 +395,7 @@ def update_index(index: "Index", paths: Sequence[str | Path] | None = None, prog
         sizes, vectors, skipped = {}, [np.zeros((0, index.meta["dim"]), np.float32)], {}
         with tqdm(total=len(rows), desc="update", unit="img", disable=not progress) as bar:
             for s in range(0, len(rows), CHUNK):
-                sz, v, sk = extract_files(net, root, rows[s:s + CHUNK], index.settings, index.device,
+                sz, v, sk = extract_files(net, root, rows[s:s + CHUNK], index.run_settings(net), index.device,
                                           index.meta.get("max_pixels"), None, bar)
                 sizes.update(sz), vectors.append(v), skipped.update(sk)
         with index.lock:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -17,13 +17,14 @@ import numpy as np
 from PIL import Image
 
 from deepret.errors import DeepretError
-from deepret.extract import ExtractSettings, extract
+from deepret.extract import ExtractSettings, default_device, extract
 from deepret.features import model_fingerprint
 from deepret.index.backends import open_backend
 from deepret.index.build import UpdateReport, update_index
 from deepret.index.catalogue import Catalogue
 from deepret.index.reranking import IndexReranking
 from deepret.models import RetrievalNet, get_model
+from deepret.precision import interchangeable, parse_precision, portable_precision, resolve_precision
 
 BBox = Sequence[float]
 
@@ -45,7 +46,7 @@ class SearchResult:
 class Index:
     """A built index folder: catalogue.sqlite + vector backend."""
 
-    def __init__(self, index_dir: str | Path, device: str | None = None) -> None:
+    def __init__(self, index_dir: str | Path, device: str | None = None, precision: str = "auto") -> None:
         self.catalogue = Catalogue(index_dir)
         self.lock = threading.RLock()
         self.meta = self.catalogue.all_meta()
@@ -54,7 +55,7 @@ class Index:
             raise DeepretError(f"the build of index {index_dir} has not finished: run the same `deepret index "
                                "build` again to resume it")
         self.root = Path(self.meta["root"])
-        self.device = device
+        self.device, self.precision = device, parse_precision(precision)
         self.settings = ExtractSettings(**{**self.meta["settings"], "scales": tuple(self.meta["settings"]["scales"])})
         self.backend = open_backend(self.catalogue)
         self._net: RetrievalNet | None = None
@@ -63,8 +64,10 @@ class Index:
         self.refresh()
 
     @classmethod
-    def open(cls, index_dir: str | Path, device: str | None = None) -> "Index":
-        return cls(index_dir, device)
+    def open(cls, index_dir: str | Path, device: str | None = None, precision: str = "auto") -> "Index":
+        """`precision`: of the queries and updates; auto: the stored one, or fp32 where that one is
+        emulated (deepret.precision.portable_precision); another: checked to match the stored one."""
+        return cls(index_dir, device, precision)
 
     # --- state
     def refresh(self) -> None:
@@ -103,6 +106,18 @@ class Index:
             raise DeepretError(f"model {net.meta['name']} is not index {self.catalogue.dir}'s model "
                                f"({self.meta['model_name']}): query and update with the index's own model")
 
+    def run_settings(self, net: RetrievalNet) -> ExtractSettings:
+        """The stored extraction settings, in the precision to use on this device
+        (deepret.precision.portable_precision: fp32 here for a bf16 index built on a bf16 CPU)."""
+        device = self.device if self.device is not None else default_device()
+        stored, backbone = self.settings.precision, net.meta.get("backbone")
+        if self.precision == "auto":
+            return replace(self.settings, precision=portable_precision(stored, backbone, device))
+        if not interchangeable(self.precision, stored, backbone):
+            raise DeepretError(f"index {self.catalogue.dir} holds {stored} descriptors of {backbone}, and {self.precision} "
+                               f"is not measured to give the same ranking: use --precision auto or {stored}")
+        return replace(self.settings, precision=resolve_precision(self.precision, backbone, device))
+
     # --- queries
     def describe(self, image: str | Path | Image.Image, box: BBox | None = None) -> np.ndarray:
         """(D,) float32 descriptor of `image` (cropped to `box`, upright coordinates), index's settings."""
@@ -112,7 +127,7 @@ class Index:
                 path = Path(tmp) / "query.png"
                 image.save(path, compress_level=0)
                 return self.describe(path, box)
-        return extract(net, [Path(image)], [box] if box is not None else None, settings=self.settings,
+        return extract(net, [Path(image)], [box] if box is not None else None, settings=self.run_settings(net),
                        device=self.device, workers=0, progress=False, upright=True,
                        max_pixels=self.meta.get("max_pixels"))[0]
 

@@ -77,15 +77,16 @@ class ServeState:
 
 def create_app(index_dir: str | Path, token: str | None = None, allow_uploads: bool = False,
                max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, max_pixels: int = DEFAULT_MAX_PIXELS,
-               device: str | None = None) -> FastAPI:
+               device: str | None = None, precision: str = "auto") -> FastAPI:
     """The app serving the index at `index_dir` (DeepretError at once if it is not an index).
 
     `token`: every /api call needs `Authorization: Bearer <token>`; `allow_uploads`: POST /api/images
-    adds photos to the collection (under its uploads/ folder) and the index.
+    adds photos to the collection (under its uploads/ folder) and the index; `precision`: of the
+    queries and uploads (Index.open).
     """
     from deepret.index import Index
 
-    index = Index.open(index_dir, device=device)
+    index = Index.open(index_dir, device=device, precision=precision)
     state = ServeState(index, Path(index_dir), token or None, allow_uploads, int(max_upload_bytes), int(max_pixels))
 
     @asynccontextmanager
@@ -129,9 +130,11 @@ def _api(state: ServeState) -> APIRouter:
         status = "loading" if state.load_error is None else "failed"
         return JSONResponse({"status": status, "detail": state.load_error}, status_code=503)
 
-    @api.get("/info", summary="the index: model, settings, size, factory, bytes per vector")
+    @api.get("/info", summary="the index: model, settings, size, factory, bytes per vector, query precision")
     def info() -> dict:
-        return {**_json_safe(index.info()), "ready": state.ready.is_set(), "uploads": state.allow_uploads,
+        ready = state.ready.is_set()
+        return {**_json_safe(index.info()), "ready": ready, "uploads": state.allow_uploads,
+                "query_precision": index.run_settings(index.load_model()).precision if ready else None,
                 "max_upload_bytes": state.max_upload_bytes, "max_pixels": state.max_pixels,
                 "rerank_toggles": RERANK_TOGGLES}
 
