@@ -25,6 +25,11 @@ def test_yaml_then_flags_override(tmp_path):
     assert (cfg.dataset, cfg.size, cfg.steps) == ("paris6k", 128, ("1a", "1d"))
     assert (cfg.rank.epochs, cfg.rank.queries, cfg.classify.epochs) == (1, 7, 1)
     assert cfg.out == Path("runs/study") and cfg.query == 0
+    assert cfg.precision == "auto"  # the evaluation extraction's, as for `deepret eval`
+    assert config_from_args(parser.parse_args(["--config", str(path), "--precision", "BF16"])).precision == "bf16"
+    path.write_text("precision: half\n")
+    with pytest.raises(DeepretError, match="precision 'half' is unknown"):
+        config_from_args(parser.parse_args(["--config", str(path)]))
 
 
 def test_shipped_configs_load():

@@ -179,6 +179,22 @@ def test_whitening_of_real_descriptors(landmarks):
     np.testing.assert_allclose(np.cov(Y.T), np.eye(12), atol=1e-3)
 
 
+def test_whiten_command_learns_in_the_precision_it_is_given(landmarks, tmp_path, capsys):
+    from deepret.extract import ExtractSettings, extract
+    from deepret.models import create_model
+
+    assert main(["whiten", "--model", MODEL, "--train", str(require_data("landmarks-mini")), "--method", "pca", "--dim", "12",
+                 "--size", "96", "--precision", "bf16", "--out", str(tmp_path / "w.pt")]) == 0
+    W = deepret.load(tmp_path / "w.pt").whiten.weight.detach().numpy()
+    off = {}
+    for precision in ("bf16", "fp32"):
+        X = extract(create_model(MODEL), landmarks.paths, settings=ExtractSettings(size=96, precision=precision),
+                    progress=False)
+        off[precision] = np.abs(np.cov(((X - X.mean(0)) @ W.T).T) - np.eye(12)).max()
+    assert off["bf16"] < 1e-4 < 1e-3 < off["fp32"], off  # fitted on bf16 descriptors, not on fp32 ones
+    capsys.readouterr()
+
+
 @pytest.mark.parametrize("make,match", [
     (lambda d: (d / "only").mkdir() or [(d / "only" / f"{i}.jpg").write_bytes(b"x") for i in range(2)], "1 class"),
     (lambda d: d.mkdir(exist_ok=True), "empty folder"),

@@ -93,7 +93,8 @@ def _collate(items):
     """(indices, stacked tensors, {index: reason}) of a batch: a decoding error drops only its image."""
     ok = [(i, x) for i, x in items if not isinstance(x, str)]
     errors = {i: x for i, x in items if isinstance(x, str)}
-    return [i for i, _ in ok], torch.stack([x for _, x in ok]) if ok else None, errors
+    batch = torch.from_numpy(np.stack([x.numpy() for _, x in ok])) if ok else None  # numpy: no OpenMP team
+    return [i for i, _ in ok], batch, errors
 
 
 def plan_batches(sizes: Sequence[tuple[int, int]], longest: int | None, round_to: int,
