@@ -136,7 +136,7 @@ def main() -> None:
     runs = {p: short_run(args.model, p, device, args.train_size, args.queries, data) for p in precisions} \
         if "run" in parts else None
     lines = [f"Device: {name}; torch {torch.__version__}; {args.model}; extraction at {args.size} px on "
-             f"{len(paths)} oxford5k-mini images (best of {args.repeat}, interleaved); training at "
+             f"{len(paths)} rparis6k-mini images (best of {args.repeat}, interleaved); training at "
              f"{args.train_size} px, {args.train_batch} images per step.", "",
              "| precision | extract img/s | x cirtorch loop | oxford5k-mini mAP | min cosine to fp32 "
              "| train step s | step x fp32 | loss after steps | short run loss | short run s |",

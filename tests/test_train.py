@@ -120,6 +120,17 @@ def test_classify_resume_gives_the_same_losses(landmarks, tmp_path):
                                                               "log.jsonl", "loss.png"}
 
 
+def test_bf16_training_resumes_exactly(landmarks, tmp_path):
+    fp32 = losses(train_classify(landmarks, MODEL, _cfg(tmp_path / "fp32", epochs=2)).parent)
+    bf16 = _cfg(tmp_path / "full", epochs=2, precision="bf16")
+    train_classify(landmarks, MODEL, bf16)
+    train_classify(landmarks, MODEL, _cfg(tmp_path / "cut", epochs=1, precision="bf16"))
+    train_classify(landmarks, MODEL, _cfg(tmp_path / "cut", epochs=2, precision="bf16", resume=True))
+    assert losses(tmp_path / "cut") == pytest.approx(losses(tmp_path / "full"), abs=1e-6)
+    got = losses(tmp_path / "full")
+    assert len(got) == len(fp32) and np.isfinite(got).all() and got != fp32  # autocast ran, and stayed finite
+
+
 def test_rank_resume_with_projection_and_learned_p(landmarks, tmp_path):
     kw = dict(queries=6, negatives=2, pool_size=10, proj=8, learn_p=True, multires=(1.0, 0.75))
     full = train_rank(landmarks, MODEL, _cfg(tmp_path / "full", epochs=2, lr=1e-5), **kw)
