@@ -157,6 +157,9 @@ def bench_model(name: str, size: int, paths, precisions: list[str], device: torc
             "min_cosine_to_fp32": float((got * ref).sum(1).min()) if ref is not None else None,
             "min_cosine_to_peer": float((got * peer).sum(1).min())}
     row["default_over_nothread"] = best["nothread"] / best[f"full:{default}"] if default in precisions else None
+    med = {k: float(np.median(v)) for k, v in times.items()}  # steadier than the best on a noisy machine
+    row["median_ratios"] = {p: {"full_over_peer": med["peer"] / med[f"full:{p}"],
+                                "full_over_forward": med[f"forward:{p}"] / med[f"full:{p}"]} for p in precisions}
     return row
 
 
@@ -233,6 +236,9 @@ def main() -> None:
         print(f"{r['model']} {r['size']}: {r['batches']} batches; default precision {r['default']}; decoding thread "
               f"vs main-thread decoding {'-' if gain is None else f'{gain:.2f}x'}; min cosine peer vs fp32 "
               f"{r['precisions'].get('fp32', {}).get('min_cosine_to_peer', float('nan')):.4f}")
+        for p, q in r["median_ratios"].items():
+            print(f"  {p}, medians of the rounds: full / peer {q['full_over_peer']:.2f}, "
+                  f"full / forward {q['full_over_forward']:.2f}")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps({"env": env, "results": rows}, indent=2) + "\n")
