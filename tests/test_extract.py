@@ -39,6 +39,24 @@ def test_plan_batches_groups_equal_shapes_within_a_pixel_budget():
     assert len(fixed) == 1 and fixed[0][0][1:] == (224, 224)
 
 
+def test_without_upscaling_a_small_image_keeps_its_size_at_every_scale(net, tmp_path):
+    sizes = [(1024, 768), (300, 200)]
+    shapes = lambda **kw: sorted({(i, h, w) for b in plan_batches(sizes, 512, 32, 10**9, **kw) for i, h, w in b})
+    assert shapes() == [(0, 384, 512), (1, 352, 512)]  # enlarged to the longest side 512
+    assert shapes(upscale=False) == [(0, 384, 512), (1, 192, 300)]  # cirtorch's thumbnail: shrink only
+    assert shapes(upscale=False, scale=2.0) == [(0, 768, 1024), (1, 384, 600)]  # then scaled, as cirtorch does
+    photo = sorted(require_data("rparis6k-mini", "jpg").glob("*.jpg"))[0]
+    with Image.open(photo) as im:
+        im.convert("RGB").resize((300, 225)).save(tmp_path / "small.jpg", quality=95)
+    small = [tmp_path / "small.jpg"]
+    native = extract(net, small, settings=ExtractSettings(size=300, precision="fp32"), progress=False)
+    kept = extract(net, small, settings=ExtractSettings(size=512, upscale=False, precision="fp32"), progress=False)
+    enlarged = extract(net, small, settings=ExtractSettings(size=512, precision="fp32"), progress=False)
+    np.testing.assert_array_equal(kept, native)
+    assert not np.allclose(enlarged, native, atol=1e-4)
+    assert ExtractSettings(upscale=False).to_dict() != ExtractSettings().to_dict()  # part of the cache key
+
+
 def test_batched_extraction_equals_one_image_per_forward(net, photos):
     settings = ExtractSettings(size=256)
     batched = extract(net, photos, settings=settings, workers=2, progress=False)

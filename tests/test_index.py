@@ -140,6 +140,26 @@ def test_a_bf16_index_is_queried_updated_and_resumed_in_fp32_where_bf16_is_slow(
         assert index.run_settings(index.load_model()).precision == "bf16"
 
 
+def test_an_index_stored_before_a_setting_existed_keeps_its_behaviour(tmp_path):
+    photos = sorted(require_data("rparis6k-mini", "jpg").glob("*.jpg"))[:2]
+    (tmp_path / "photos").mkdir()
+    for p in photos:
+        shutil.copy(p, tmp_path / "photos" / p.name)
+    kw = dict(model="efficientnet_lite0-gem", settings=ExtractSettings(size=128), progress=False)
+    build_index(tmp_path / "photos", tmp_path / "ix", **kw).close()
+    db = sqlite3.connect(tmp_path / "ix" / "catalogue.sqlite")
+    settings = json.loads(db.execute("SELECT value FROM meta WHERE key = 'settings'").fetchone()[0])
+    assert settings.pop("upscale") is True
+    with db:  # as an index written before `upscale` was a setting
+        db.execute("UPDATE meta SET value = ? WHERE key = 'settings'", (json.dumps(settings),))
+    db.close()
+    with Index.open(tmp_path / "ix") as index:
+        assert index.settings.upscale is True  # the behaviour it was built with
+    build_index(tmp_path / "photos", tmp_path / "ix", **kw).close()  # the same settings: not refused
+    with pytest.raises(DeepretError, match="settings"):
+        build_index(tmp_path / "photos", tmp_path / "ix", **{**kw, "settings": ExtractSettings(size=128, upscale=False)})
+
+
 def test_a_checkpoint_changed_after_the_build_is_refused(tmp_path):
     import torch
 

@@ -86,11 +86,18 @@ def _add_benchmark_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scales", type=_parse_scales, default=(1.0,), help="e.g. 1,0.707,1.414 (default 1)")
     p.add_argument("--flip", action="store_true", help="average with the horizontally flipped image")
     p.add_argument("--no-crop", action="store_true", help="do not crop queries to their bounding box")
+    _add_no_upscale_option(p)
     p.add_argument("--workers", type=nonnegative_int, default=None, help="image decoding processes")
     p.add_argument("--cache-dir", type=Path, default=None, help="feature cache (default $DEEPRET_CACHE or ~/.cache/deepret)")
     p.add_argument("--no-cache", action="store_true", help="extract again, neither reading nor writing the cache")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_precision_option(p)
+
+
+def _add_no_upscale_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-upscale", action="store_true",
+                   help="keep images smaller than --size at their own size, as cirtorch does (default: enlarge "
+                        "them; see docs/benchmarks.md)")
 
 
 def _add_max_pixels_option(p: argparse.ArgumentParser) -> None:
@@ -273,6 +280,7 @@ def _add_index_parsers(sub) -> None:
     p.add_argument("--size", type=positive_int, default=None, help="longest image side in pixels (default: the model's)")
     p.add_argument("--scales", type=_parse_scales, default=(1.0,), help="e.g. 1,0.707,1.414 (default 1)")
     p.add_argument("--flip", action="store_true", help="average with the horizontally flipped image")
+    _add_no_upscale_option(p)
     p.add_argument("--factory", default="Flat", help="FAISS factory: Flat (exact, default), HNSW32, IVF1024,Flat, "
                                                      "IVF1024,PQ32, OPQ32,IVF1024,PQ32 ...")
     p.add_argument("--train-on", type=Path, default=None, help="train the factory's quantizers on these photos")
@@ -350,7 +358,8 @@ def _run_options(args):
     from deepret.imageio import DEFAULT_MAX_PIXELS
     from deepret.pipeline import RunOptions
 
-    return RunOptions(ExtractSettings(size=args.size, scales=args.scales, flip=args.flip, precision=args.precision),
+    return RunOptions(ExtractSettings(size=args.size, scales=args.scales, flip=args.flip, precision=args.precision,
+                                      upscale=not args.no_upscale),
                       crop_queries=not args.no_crop, cache_dir=args.cache_dir, use_cache=not args.no_cache,
                       device=args.device, workers=args.workers, progress=not args.quiet,
                       max_pixels=getattr(args, "max_pixels", None) or DEFAULT_MAX_PIXELS)  # eval/extract/search/tsne
@@ -545,7 +554,7 @@ def _cmd_index(args) -> int:
 
         index = build_index(args.photos, args.index, model=args.model, weights=args.weights,
                             settings=ExtractSettings(size=args.size, scales=args.scales, flip=args.flip,
-                                                     precision=args.precision),
+                                                     precision=args.precision, upscale=not args.no_upscale),
                             factory=args.factory, backend=args.backend, uri=args.uri, train_on=args.train_on,
                             device=args.device, progress=not args.quiet, workers=args.workers,
                             max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS)

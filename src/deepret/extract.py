@@ -40,6 +40,7 @@ class ExtractSettings:
     flip: bool = False
     round_to: int = 32
     precision: str = "auto"  # auto, fp32, bf16 or fp16 (deepret.precision)
+    upscale: bool = True  # False: an image smaller than `size` keeps its own size (cirtorch's `thumbnail`)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "precision", parse_precision(self.precision))
@@ -98,11 +99,15 @@ def _collate(items):
 
 
 def plan_batches(sizes: Sequence[tuple[int, int]], longest: int | None, round_to: int,
-                 max_pixels: int, fixed: int | None = None) -> list[list[tuple[int, int, int]]]:
-    """Group items by resized shape; each batch holds at most `max_pixels` pixels (at least one image)."""
+                 max_pixels: int, fixed: int | None = None, upscale: bool = True,
+                 scale: float = 1.0) -> list[list[tuple[int, int, int]]]:
+    """Group items by resized shape (longest side `longest` x `scale`); each batch holds at most
+    `max_pixels` pixels (at least one image). `upscale` False: an image whose longest side is below
+    `longest` keeps its own, times `scale` (as cirtorch's multi-scale resizes its thumbnail)."""
     groups: dict[tuple[int, int], list[int]] = defaultdict(list)
     for i, (w, h) in enumerate(sizes):
-        shape = (fixed, fixed) if fixed else target_shape(w, h, longest, round_to)
+        side = int(round((longest if upscale else min(longest, max(w, h))) * scale)) if longest else longest
+        shape = (fixed, fixed) if fixed else target_shape(w, h, side, round_to)
         groups[shape].append(i)
     batches = []
     for (h, w), items in sorted(groups.items(), key=lambda kv: -len(kv[1])):
@@ -153,8 +158,8 @@ def extract(net: RetrievalNet, paths: Sequence[str | Path], bbxs: Sequence[BBox 
     with tqdm(total=total, desc=desc, unit="img", disable=not progress, leave=False) as bar:
         bar.update(len(failures) * len(settings.scales))
         for scale in settings.scales:
-            batches = plan_batches([sizes[i] for i in usable], int(round(settings.size * scale)),
-                                   settings.round_to, max_batch_pixels, fixed=net.input_size)
+            batches = plan_batches([sizes[i] for i in usable], settings.size, settings.round_to, max_batch_pixels,
+                                   fixed=net.input_size, upscale=settings.upscale, scale=scale)
             batches = [[(usable[j], h, w) for j, h, w in batch] for batch in batches]
             with closing(_loader(dataset, batches, workers, device.type == "cuda")) as loader:
                 for idx, x, errors in loader:

@@ -184,6 +184,12 @@ def _identity(net: RetrievalNet, model: str, weights: str, settings: ExtractSett
             "factory": factory, "backend": backend, "uri": uri, "max_pixels": max_pixels}
 
 
+def stored_settings(stored: dict) -> ExtractSettings:
+    """The settings an index was built with; a field it does not store (added to ExtractSettings
+    since) has the default it was built with."""
+    return ExtractSettings(**{**stored, "scales": tuple(stored["scales"])})
+
+
 def _check_same(meta: dict, want: dict, index_dir: Path, backbone: str | None) -> None:
     """Refuse to resume another build in this folder (the factory may change until the build is done).
     The precision may differ where both are interchangeable (a build begun in bf16 on one machine
@@ -191,6 +197,8 @@ def _check_same(meta: dict, want: dict, index_dir: Path, backbone: str | None) -
     keys = ("root", "fingerprint", "settings", "backend", "uri") + (("factory",) if meta.get("state") == "ready" else ())
     for key in keys:
         have, wanted = meta.get(key), want[key]
+        if key == "settings" and isinstance(have, dict):
+            have = json.loads(json.dumps(stored_settings(have).to_dict()))  # with fields added since
         if key == "settings" and isinstance(have, dict) and interchangeable(
                 have.get("precision"), wanted["precision"], backbone):
             have, wanted = {**have, "precision": None}, {**wanted, "precision": None}

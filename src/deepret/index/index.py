@@ -20,7 +20,7 @@ from deepret.errors import DeepretError
 from deepret.extract import ExtractSettings, default_device, extract
 from deepret.features import model_fingerprint
 from deepret.index.backends import open_backend
-from deepret.index.build import UpdateReport, update_index
+from deepret.index.build import UpdateReport, stored_settings, update_index
 from deepret.index.catalogue import Catalogue
 from deepret.index.reranking import IndexReranking
 from deepret.models import RetrievalNet, get_model
@@ -56,7 +56,7 @@ class Index:
                                "build` again to resume it")
         self.root = Path(self.meta["root"])
         self.device, self.precision = device, parse_precision(precision)
-        self.settings = ExtractSettings(**{**self.meta["settings"], "scales": tuple(self.meta["settings"]["scales"])})
+        self.settings = stored_settings(self.meta["settings"])
         self.backend = open_backend(self.catalogue)
         self._net: RetrievalNet | None = None
         self._version = -1
