@@ -106,8 +106,11 @@ def plan_batches(sizes: Sequence[tuple[int, int]], longest: int | None, round_to
     `longest` keeps its own, times `scale` (as cirtorch's multi-scale resizes its thumbnail)."""
     groups: dict[tuple[int, int], list[int]] = defaultdict(list)
     for i, (w, h) in enumerate(sizes):
-        side = int(round((longest if upscale else min(longest, max(w, h))) * scale)) if longest else longest
-        shape = (fixed, fixed) if fixed else target_shape(w, h, side, round_to)
+        if fixed:
+            shape = (fixed, fixed)
+        else:
+            side = int(round((longest if upscale else min(longest, max(w, h))) * scale))
+            shape = target_shape(w, h, side, round_to)
         groups[shape].append(i)
     batches = []
     for (h, w), items in sorted(groups.items(), key=lambda kv: -len(kv[1])):
@@ -141,14 +144,13 @@ def extract(net: RetrievalNet, paths: Sequence[str | Path], bbxs: Sequence[BBox 
     bbxs = list(bbxs) if bbxs is not None else [None] * len(paths)
     precision = settings.precision
     net = prepare_model(net, device, precision).eval()
-    failures: dict[int, str] = {}
-    header_errors: dict[int, ImageError] = {}  # with their advice (e.g. raise --max-pixels)
+    broken: dict[int, ImageError] = {}  # each with its reason and advice (e.g. raise --max-pixels)
     sizes: dict[int, tuple[int, int]] = {}
     for i, (p, b) in enumerate(zip(paths, bbxs)):
         try:
             sizes[i] = image_size(p, b, upright=upright, max_pixels=max_pixels)
         except ImageError as exc:
-            failures[i], header_errors[i] = exc.reason, exc
+            broken[i] = exc
     usable = sorted(sizes)
     mean, std = net.meta["input"]["mean"], net.meta["input"]["std"]
     msp = _multiscale_power(net) if len(settings.scales) > 1 else 1.0
@@ -156,31 +158,30 @@ def extract(net: RetrievalNet, paths: Sequence[str | Path], bbxs: Sequence[BBox 
     dataset = _Images(paths, bbxs, mean, std, upright=upright, max_pixels=max_pixels)
     total = len(paths) * len(settings.scales)
     with tqdm(total=total, desc=desc, unit="img", disable=not progress, leave=False) as bar:
-        bar.update(len(failures) * len(settings.scales))
+        bar.update(len(broken) * len(settings.scales))
         for scale in settings.scales:
             batches = plan_batches([sizes[i] for i in usable], settings.size, settings.round_to, max_batch_pixels,
                                    fixed=net.input_size, upscale=settings.upscale, scale=scale)
             batches = [[(usable[j], h, w) for j, h, w in batch] for batch in batches]
             with closing(_loader(dataset, batches, workers, device.type == "cuda")) as loader:
                 for idx, x, errors in loader:
-                    failures.update(errors)
+                    broken.update({i: ImageError(paths[i], reason) for i, reason in errors.items()})
                     if idx:
                         x = prepare_input(x.to(device, non_blocking=True), precision)
                         with autocast(device, precision):
                             v = _forward(net, x, settings.flip).float()
                         acc[idx] += v.double().cpu().pow(msp) if msp != 1.0 else v.double().cpu()
                     bar.update(len(idx) + len(errors))
-    if failures and on_error == "raise":
-        raise DeepretError(broken_images_message(
-            [header_errors.get(i) or ImageError(paths[i], failures[i]) for i in sorted(failures)], len(paths)))
+    if broken and on_error == "raise":
+        raise DeepretError(broken_images_message([broken[i] for i in sorted(broken)], len(paths)))
     acc /= len(settings.scales)
     if msp != 1.0:
         acc = acc.pow(1.0 / msp)
     out = l2n(acc).float().numpy()
     if on_error == "raise":
         return out
-    out[sorted(failures)] = 0.0
-    return out, failures
+    out[sorted(broken)] = 0.0
+    return out, {i: broken[i].reason for i in sorted(broken)}
 
 
 DECODE_AHEAD = 2  # batches the decoding thread may hold ready

@@ -76,12 +76,9 @@ def resolve_precision(requested: str, backbone: str | None, device: torch.device
     requested, device = parse_precision(requested), torch.device(device)
     if requested == "auto":
         ok = REDUCED_OK.get(backbone or "", ())
-        if device.type == "cuda":
-            usable = [p for p in ("fp16", "bf16") if p in ok and (p == "fp16" or torch.cuda.is_bf16_supported())]
-        elif device.type == "cpu":  # fp16 autocast was slower than fp32 on the CPU (docs/benchmarks.md)
-            usable = [p for p in ok if p == "bf16" and cpu_has_fast(p)]
-        else:
-            usable = []
+        # on the CPU only bf16: fp16 autocast was slower than fp32 there (docs/benchmarks.md)
+        order = {"cuda": ("fp16", "bf16"), "cpu": ("bf16",)}.get(device.type, ())
+        usable = [p for p in order if p in ok and runs_fast(p, device)]
         return usable[0] if usable else "fp32"
     if device.type not in ("cpu", "cuda") and requested != "fp32":
         raise DeepretError(f"--precision {requested} needs a CPU or CUDA device, not {device.type}: use fp32")

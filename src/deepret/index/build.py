@@ -180,7 +180,7 @@ def _identity(net: RetrievalNet, model: str, weights: str, settings: ExtractSett
     if uri and "://" not in uri:
         uri = str(Path(uri).resolve())  # a Milvus Lite file
     return {"format": FORMAT, "root": str(root), "model": spec, "weights": weights, "model_name": net.meta["name"],
-            "fingerprint": model_fingerprint(net), "settings": json.loads(json.dumps(settings.to_dict())), "dim": int(net.dim),
+            "fingerprint": model_fingerprint(net), "settings": _settings_json(settings), "dim": int(net.dim),
             "factory": factory, "backend": backend, "uri": uri, "max_pixels": max_pixels}
 
 
@@ -188,6 +188,11 @@ def stored_settings(stored: dict) -> ExtractSettings:
     """The settings an index was built with; a field it does not store (added to ExtractSettings
     since) has the default it was built with."""
     return ExtractSettings(**{**stored, "scales": tuple(stored["scales"])})
+
+
+def _settings_json(settings: ExtractSettings) -> dict:
+    """`settings` as the catalogue stores them (JSON: tuples become lists)."""
+    return json.loads(json.dumps(settings.to_dict()))
 
 
 def _check_same(meta: dict, want: dict, index_dir: Path, backbone: str | None) -> None:
@@ -198,10 +203,9 @@ def _check_same(meta: dict, want: dict, index_dir: Path, backbone: str | None) -
     for key in keys:
         have, wanted = meta.get(key), want[key]
         if key == "settings" and isinstance(have, dict):
-            have = json.loads(json.dumps(stored_settings(have).to_dict()))  # with fields added since
-        if key == "settings" and isinstance(have, dict) and interchangeable(
-                have.get("precision"), wanted["precision"], backbone):
-            have, wanted = {**have, "precision": None}, {**wanted, "precision": None}
+            have = _settings_json(stored_settings(have))  # with fields added since
+            if interchangeable(have["precision"], wanted["precision"], backbone):
+                have, wanted = {**have, "precision": None}, {**wanted, "precision": None}
         if have != wanted:
             raise DeepretError(f"index {index_dir} was built with {key} {meta.get(key)!r}, not {want[key]!r}: "
                                f"give another --index folder, or update it with `deepret index update --index "
