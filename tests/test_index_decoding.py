@@ -125,7 +125,7 @@ def test_extract_skip_returns_failures_with_reasons(zoo, tiny_net, workers):
 
 def test_awkward_files_are_indexed_end_to_end_and_broken_ones_listed(zoo, tmp_path):
     from deepret.index import build_index
-    from deepret.index.build import PHOTO_SUFFIXES
+    from deepret.imageio import PHOTO_SUFFIXES
 
     folder, broken, valid = zoo
     with build_index(folder, tmp_path / "ix", model="resnet18-gem", weights="random",

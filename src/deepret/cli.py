@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import traceback
 from pathlib import Path
 
+from deepret.argtypes import nonnegative_float, nonnegative_int, parse_box, parse_scales, positive_float, positive_int
 from deepret.errors import DeepretError
 from deepret.models import DEFAULT_MODEL
+from deepret.runtime import is_main_process
 
 
 class _Parser(argparse.ArgumentParser):
@@ -17,37 +18,6 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str):
         self.exit(2, f"deepret: error: {self.prog}: {message} (see `{self.prog} --help`)\n")
-
-
-def _bounded(kind: type, strict: bool):
-    """An argparse type: a number of `kind` that is > 0 (strict) or >= 0, else a one-line error."""
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"{text!r} is not {'a whole number' if kind is int else 'a number'}") from None
-        if not (value > 0 if strict else value >= 0):
-            raise argparse.ArgumentTypeError(f"{text} must be {'>' if strict else '>='} 0")
-        return value
-
-    parse.__name__ = f"{'positive' if strict else 'non-negative'} {kind.__name__}"
-    return parse
-
-
-positive_int, nonnegative_int = _bounded(int, True), _bounded(int, False)
-positive_float, nonnegative_float = _bounded(float, True), _bounded(float, False)
-
-
-def _parse_scales(text: str) -> tuple[float, ...]:
-    try:
-        scales = tuple(float(s) for s in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"--scales {text!r}: give numbers separated by commas, e.g. 1,0.707,1.414") from None
-    if not scales or any(s <= 0 for s in scales):
-        raise argparse.ArgumentTypeError(f"--scales {text!r}: every scale must be > 0")
-    return scales
 
 
 def _parse_precision(text: str) -> str:
@@ -83,7 +53,7 @@ def _add_benchmark_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--root", required=True, type=Path, help="folder holding <dataset>/gnd_<dataset>.pkl and jpg/")
     p.add_argument("--size", type=positive_int, default=None,
                    help="longest image side in pixels (default: the model's, see `deepret models`)")
-    p.add_argument("--scales", type=_parse_scales, default=(1.0,), help="e.g. 1,0.707,1.414 (default 1)")
+    p.add_argument("--scales", type=parse_scales, default=(1.0,), help="e.g. 1,0.707,1.414 (default 1)")
     p.add_argument("--flip", action="store_true", help="average with the horizontally flipped image")
     p.add_argument("--no-crop", action="store_true", help="do not crop queries to their bounding box")
     _add_no_upscale_option(p)
@@ -256,18 +226,8 @@ def _add_train_parsers(sub) -> None:
             p.add_argument("--proj", type=positive_int, default=r.proj,
                            help="FC projection to DIM, initialised by PCA-whitening")
             p.add_argument("--learn-p", action="store_true", help="learn the GeM exponent")
-            p.add_argument("--multires", type=_parse_scales, default=r.multires,
+            p.add_argument("--multires", type=parse_scales, default=r.multires,
                            help="training scales, e.g. 0.75,1,1.25")
-
-
-def _parse_box(text: str) -> tuple[float, float, float, float]:
-    try:
-        box = tuple(float(v) for v in text.split(","))
-    except ValueError:
-        box = ()
-    if len(box) != 4 or box[2] <= box[0] or box[3] <= box[1]:
-        raise argparse.ArgumentTypeError(f"--box {text!r}: give x1,y1,x2,y2 with x2 > x1 and y2 > y1")
-    return box
 
 
 def _add_index_parsers(sub) -> None:
@@ -278,7 +238,7 @@ def _add_index_parsers(sub) -> None:
     p.add_argument("--index", required=True, type=Path, help="index folder to write")
     _add_model_options(p)
     p.add_argument("--size", type=positive_int, default=None, help="longest image side in pixels (default: the model's)")
-    p.add_argument("--scales", type=_parse_scales, default=(1.0,), help="e.g. 1,0.707,1.414 (default 1)")
+    p.add_argument("--scales", type=parse_scales, default=(1.0,), help="e.g. 1,0.707,1.414 (default 1)")
     p.add_argument("--flip", action="store_true", help="average with the horizontally flipped image")
     _add_no_upscale_option(p)
     p.add_argument("--factory", default="Flat", help="FAISS factory: Flat (exact, default), HNSW32, IVF1024,Flat, "
@@ -301,7 +261,7 @@ def _add_index_parsers(sub) -> None:
     p = actions.add_parser("search", help="search the index with an image")
     p.add_argument("--index", required=True, type=Path)
     p.add_argument("image", type=Path, help="query photo")
-    p.add_argument("--box", type=_parse_box, default=None, help="x1,y1,x2,y2: search with this part of the photo")
+    p.add_argument("--box", type=parse_box, default=None, help="x1,y1,x2,y2: search with this part of the photo")
     p.add_argument("--topk", type=positive_int, default=10)
     p.add_argument("--json", type=Path, default=None, help="write the results here")
     p.add_argument("--figure", type=Path, default=None, help="draw the query and its top K here (PNG)")
@@ -501,7 +461,7 @@ def _cmd_train(args) -> int:
         last = train_rank(data, args.model, cfg, weights=args.weights, loss=args.loss, margin=args.margin,
                           negatives=args.negatives, pool_size=args.pool_size, queries=args.queries,
                           proj=args.proj, learn_p=args.learn_p, multires=args.multires)
-    if os.environ.get("RANK", "0") == "0":
+    if is_main_process():
         print(f"wrote {last} (evaluate it with: deepret eval --model {last} --dataset ... --root ...)")
     return 0
 
@@ -558,7 +518,7 @@ def _cmd_index(args) -> int:
                             factory=args.factory, backend=args.backend, uri=args.uri, train_on=args.train_on,
                             device=args.device, progress=not args.quiet, workers=args.workers,
                             max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS)
-        if os.environ.get("RANK", "0") == "0":
+        if is_main_process():
             info = index.info()
             print(f"{args.index}: {info['images']} images indexed, {len(info['skipped'])} skipped "
                   f"(see `deepret index info --index {args.index}`)")

@@ -52,7 +52,14 @@ class ExtractSettings:
             raise DeepretError(f"round_to {self.round_to} must be a positive number of pixels")
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """JSON-ready (scales a list), as caches, indexes and reports store the settings."""
+        return {**asdict(self), "scales": list(self.scales)}
+
+    @classmethod
+    def from_dict(cls, stored: dict) -> "ExtractSettings":
+        """Settings read back from `to_dict`'s output; a field not stored (added to ExtractSettings
+        since) has the default it had when it was written."""
+        return cls(**{**stored, "scales": tuple(stored["scales"])})
 
 
 def resolve_settings(net: RetrievalNet, settings: ExtractSettings | None = None,

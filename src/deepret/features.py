@@ -20,7 +20,7 @@ import numpy as np
 
 from deepret.errors import DeepretError
 from deepret.fileio import atomic_write_bytes
-from deepret.models import RetrievalNet
+from deepret.models import RetrievalNet, model_fingerprint
 
 if TYPE_CHECKING:
     from deepret.datasets import Benchmark
@@ -61,17 +61,6 @@ class Features:
         except Exception as exc:
             raise DeepretError(f"feature file {path} is unreadable ({exc.__class__.__name__}): delete it "
                                "and extract again") from exc
-
-
-def model_fingerprint(net: RetrievalNet) -> str:
-    """sha1 of the network's meta (architecture, whitening, input) and every weight."""
-    h = hashlib.sha1()
-    stable_meta = {k: v for k, v in net.meta.items() if k not in ("checkpoint", "provenance", "deepret_version")}
-    h.update(json.dumps(stable_meta, sort_keys=True).encode())
-    for key, tensor in net.state_dict().items():
-        h.update(key.encode())
-        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
 
 
 def default_cache_dir() -> Path:

@@ -19,6 +19,8 @@ from PIL import Image, UnidentifiedImageError
 
 from deepret.errors import DeepretError
 
+PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")  # what collections index
+
 BBox = Sequence[float]
 DEFAULT_MAX_PIXELS = 100_000_000  # 100 Mpx: above any camera, below a decompression bomb
 # EXIF orientation -> the transpose that makes the pixels upright (as PIL.ImageOps.exif_transpose)

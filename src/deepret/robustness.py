@@ -128,7 +128,7 @@ def robustness_markdown(report: dict) -> str:
     """Table: transform | mAP per condition (main protocol)."""
     protocol = main_protocol(report)
     names = list(report["conditions"])
-    lines = [f"| query transform | " + " | ".join(f"mAP {n} ({protocol})" for n in names) + " |",
+    lines = ["| query transform | " + " | ".join(f"mAP {n} ({protocol})" for n in names) + " |",
              "|---|" + "---|" * len(names)]
     for t in report["transforms"]:
         cells = [report["conditions"][n]["results"][t][protocol]["mAP"] for n in names]

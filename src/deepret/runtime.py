@@ -42,3 +42,30 @@ def default_workers() -> int:
     measured in docs/benchmarks.md), else a quarter of the cores, at most 4."""
     cores = len(os.sched_getaffinity(0))
     return 0 if cores <= 2 else min(4, max(1, cores // 4))
+
+
+def distributed() -> tuple[int, int, int]:
+    """(rank, world size, local rank) from torchrun's environment; (0, 1, 0) otherwise."""
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
+
+
+def is_main_process() -> bool:
+    """True unless this is a torchrun process of rank > 0 (which must not print or write reports)."""
+    return distributed()[0] == 0
+
+
+def setup_device(requested: str | None):
+    """The torch device for this process; starts the process group under torchrun."""
+    import torch
+    import torch.distributed as dist
+
+    tune_allocator()
+    rank, world, local = distributed()
+    cuda = torch.cuda.is_available() and (requested is None or requested.startswith("cuda"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if cuda else "gloo")
+    if cuda:
+        device = torch.device(f"cuda:{local}" if world > 1 else (requested or "cuda"))
+        torch.cuda.set_device(device)
+        return device
+    return torch.device("cpu")

@@ -10,7 +10,6 @@ An update extracts the changed files first and commits all its changes in one tr
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 import re
 import time
@@ -23,19 +22,18 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from deepret.errors import DeepretError
+from deepret.runtime import distributed, setup_device
 from deepret.extract import ExtractSettings, extract, resolve_settings
-from deepret.features import model_fingerprint
-from deepret.imageio import DEFAULT_MAX_PIXELS, ImageError, image_size
+from deepret.imageio import DEFAULT_MAX_PIXELS, PHOTO_SUFFIXES, ImageError, image_size
 from deepret.index.backends import open_backend
 from deepret.index.catalogue import CATALOGUE, FORMAT, Catalogue
-from deepret.models import DEFAULT_MODEL, RetrievalNet, get_model
+from deepret.models import DEFAULT_MODEL, RetrievalNet, get_model, model_fingerprint
 from deepret.precision import interchangeable
 from deepret.vectors import VectorIndex, fitting_factories, min_train_vectors
 
 if TYPE_CHECKING:
     from deepret.index.index import Index
 
-PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 CHUNK = 256  # files extracted per committed transaction
 
 
@@ -180,19 +178,13 @@ def _identity(net: RetrievalNet, model: str, weights: str, settings: ExtractSett
     if uri and "://" not in uri:
         uri = str(Path(uri).resolve())  # a Milvus Lite file
     return {"format": FORMAT, "root": str(root), "model": spec, "weights": weights, "model_name": net.meta["name"],
-            "fingerprint": model_fingerprint(net), "settings": _settings_json(settings), "dim": int(net.dim),
+            "fingerprint": model_fingerprint(net), "settings": settings.to_dict(), "dim": int(net.dim),
             "factory": factory, "backend": backend, "uri": uri, "max_pixels": max_pixels}
 
 
 def stored_settings(stored: dict) -> ExtractSettings:
-    """The settings an index was built with; a field it does not store (added to ExtractSettings
-    since) has the default it was built with."""
-    return ExtractSettings(**{**stored, "scales": tuple(stored["scales"])})
-
-
-def _settings_json(settings: ExtractSettings) -> dict:
-    """`settings` as the catalogue stores them (JSON: tuples become lists)."""
-    return json.loads(json.dumps(settings.to_dict()))
+    """The settings an index was built with (see ExtractSettings.from_dict)."""
+    return ExtractSettings.from_dict(stored)
 
 
 def _check_same(meta: dict, want: dict, index_dir: Path, backbone: str | None) -> None:
@@ -203,7 +195,7 @@ def _check_same(meta: dict, want: dict, index_dir: Path, backbone: str | None) -
     for key in keys:
         have, wanted = meta.get(key), want[key]
         if key == "settings" and isinstance(have, dict):
-            have = _settings_json(stored_settings(have))  # with fields added since
+            have = stored_settings(have).to_dict()  # with fields added since
             if interchangeable(have["precision"], wanted["precision"], backbone):
                 have, wanted = {**have, "precision": None}, {**wanted, "precision": None}
         if have != wanted:
@@ -221,7 +213,6 @@ def build_index(photos: str | Path, index_dir: str | Path, model: str = DEFAULT_
 
     Each `chunk` files are committed together: a stopped build loses at most one chunk's work."""
     from deepret.index.index import Index
-    from deepret.train.runner import distributed, setup_device
 
     root, index_dir = Path(photos).resolve(), Path(index_dir).resolve()
     if backend not in ("faiss", "milvus"):

@@ -18,12 +18,11 @@ from PIL import Image
 
 from deepret.errors import DeepretError
 from deepret.extract import ExtractSettings, default_device, extract
-from deepret.features import model_fingerprint
 from deepret.index.backends import open_backend
 from deepret.index.build import UpdateReport, stored_settings, update_index
 from deepret.index.catalogue import Catalogue
 from deepret.index.reranking import IndexReranking
-from deepret.models import RetrievalNet, get_model
+from deepret.models import RetrievalNet, get_model, model_fingerprint
 from deepret.precision import interchangeable, parse_precision, portable_precision, resolve_precision
 
 BBox = Sequence[float]

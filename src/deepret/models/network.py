@@ -6,6 +6,8 @@ Every network carries a `meta` dict that rebuilds it: `save` writes it beside th
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import pickle
 from pathlib import Path
 from typing import Any
@@ -184,3 +186,14 @@ def get_model(spec: str, weights: str = "imagenet") -> RetrievalNet:
     if Path(spec).is_file() or spec.endswith((".pt", ".pth")):
         return load(spec)
     return create_model(spec, weights=weights)
+
+
+def model_fingerprint(net: RetrievalNet) -> str:
+    """sha1 of the network's meta (architecture, whitening, input) and every weight."""
+    h = hashlib.sha1()
+    stable_meta = {k: v for k, v in net.meta.items() if k not in ("checkpoint", "provenance", "deepret_version")}
+    h.update(json.dumps(stable_meta, sort_keys=True).encode())
+    for key, tensor in net.state_dict().items():
+        h.update(key.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()

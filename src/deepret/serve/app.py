@@ -25,7 +25,7 @@ from starlette.concurrency import run_in_threadpool
 
 from deepret.errors import DeepretError
 from deepret.fileio import atomic_write_bytes
-from deepret.index.build import PHOTO_SUFFIXES
+from deepret.imageio import PHOTO_SUFFIXES
 from deepret.serve.inputs import (DEFAULT_MAX_PIXELS, DEFAULT_MAX_UPLOAD_BYTES, BadInput, Photo, check_size,
                                   decode_photo, inside, parse_box, upload_name, upright_size)
 from deepret.serve.limits import BearerToken, BodyLimit

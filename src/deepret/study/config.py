@@ -133,7 +133,7 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> StudyConfig
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The `deepret study` flags (every one overrides the YAML file)."""
-    from deepret.cli import nonnegative_int, positive_int
+    from deepret.argtypes import nonnegative_int, positive_int
 
     p.add_argument("--config", type=Path, default=None, help="YAML settings (e.g. study.yaml); flags override it")
     p.add_argument("--dataset", default=None, help="benchmark (default oxford5k-mini)")

@@ -20,7 +20,8 @@ from deepret.datasets import LabelledImages, split
 from deepret.errors import DeepretError
 from deepret.models import RetrievalNet, get_model
 from deepret.train.images import TrainImages, collate_skipping
-from deepret.train.runner import ClassifyOptions, Run, TrainConfig, freeze_batchnorm, make_optimizer, setup_device
+from deepret.runtime import setup_device
+from deepret.train.runner import ClassifyOptions, Run, TrainConfig, freeze_batchnorm, make_optimizer
 
 
 class Classifier(nn.Module):

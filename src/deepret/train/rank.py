@@ -21,7 +21,8 @@ from deepret.models import GeM, RetrievalNet, get_model
 from deepret.train.images import TrainImages
 from deepret.train.losses import DEFAULT_MARGINS, LOSSES
 from deepret.train.mining import Tuple, mine_tuples
-from deepret.train.runner import RankOptions, Run, TrainConfig, freeze_batchnorm, make_optimizer, setup_device
+from deepret.runtime import setup_device
+from deepret.train.runner import RankOptions, Run, TrainConfig, freeze_batchnorm, make_optimizer
 from deepret.whiten import fit_whitening
 
 

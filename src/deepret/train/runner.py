@@ -3,7 +3,6 @@ JSON-lines log, the loss-curve PNG, validation, per-epoch checkpoints and exact 
 from __future__ import annotations
 
 import json
-import os
 import random
 import time
 from dataclasses import asdict, dataclass
@@ -19,7 +18,7 @@ from deepret.errors import DeepretError
 from deepret.models import RetrievalNet, save
 from deepret.models.network import read_checkpoint
 from deepret.precision import autocast, prepare_input, prepare_model, resolve_precision
-from deepret.runtime import tune_allocator
+from deepret.runtime import distributed, tune_allocator
 
 
 @dataclass
@@ -84,25 +83,6 @@ class ClassifyOptions:
     init: str = "xavier"
     freeze: int = 0                  # first N blocks of the backbone frozen
     val_fraction: float = 0.0        # images held out for accuracy
-
-
-def distributed() -> tuple[int, int, int]:
-    """(rank, world size, local rank) from torchrun's environment; (0, 1, 0) otherwise."""
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
-
-
-def setup_device(requested: str | None) -> torch.device:
-    """The device for this process; starts the process group under torchrun."""
-    tune_allocator()
-    rank, world, local = distributed()
-    cuda = torch.cuda.is_available() and (requested is None or requested.startswith("cuda"))
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if cuda else "gloo")
-    if cuda:
-        device = torch.device(f"cuda:{local}" if world > 1 else (requested or "cuda"))
-        torch.cuda.set_device(device)
-        return device
-    return torch.device("cpu")
 
 
 def freeze_batchnorm(module: nn.Module) -> None:
