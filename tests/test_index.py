@@ -17,6 +17,7 @@ import pytest
 from PIL import Image
 
 import deepret.index.build as build_mod
+import deepret.index.photos as photos_mod
 from deepret.cli import main
 from deepret.errors import DeepretError
 from deepret.extract import ExtractSettings
@@ -77,6 +78,12 @@ def test_search_finds_the_query_photo_first_and_pages(built):
     assert result.total == 10 and set(result.timings) == {"describe", "search"}
     scores = [h.score for h in result.hits]
     assert scores == sorted(scores, reverse=True)
+    exact, rounded = result.to_dict(), result.to_dict(rounded=True)
+    assert json.loads(json.dumps(exact)) == exact and list(exact) == ["total", "timings_ms", "hits"]
+    assert exact["total"] == 10 and exact["timings_ms"] == result.timings
+    assert exact["hits"][0] == {"id": int(ids[3]), "path": result.hits[0].path, "score": result.hits[0].score}
+    assert rounded["hits"][1]["score"] == round(result.hits[1].score, 6)
+    assert rounded["timings_ms"] == {name: round(ms, 2) for name, ms in result.timings.items()}
     page = index.search_id(int(ids[3]), k=2, offset=2)
     assert [h.id for h in page.hits] == [h.id for h in result.hits[2:4]]
     assert index.search_vector(vectors[5], k=1).hits[0].path == index.path_of(int(ids[5])).relative_to(
@@ -398,9 +405,9 @@ def test_scan_survives_dangling_links_and_files_removed_during_the_walk(tmp_path
         for folder, dirs, names in real_walk(top, *a, **kw):
             yield folder, dirs, names + ["vanished.jpg"]
 
-    monkeypatch.setattr(build_mod.os, "walk", walk_listing_a_vanished_file)
+    monkeypatch.setattr(photos_mod.os, "walk", walk_listing_a_vanished_file)
     found = scan(photos)
-    assert found["dangling.jpg"] == build_mod.UNREADABLE and "vanished.jpg" not in found
+    assert found["dangling.jpg"] == photos_mod.UNREADABLE and "vanished.jpg" not in found
     assert found["a.jpg"][0] == 1
 
 

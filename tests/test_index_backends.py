@@ -1,5 +1,9 @@
-"""The FAISS backend over a catalogue of synthetic vectors: appends, tombstones, new files, factories."""
+"""The FAISS backend over a catalogue of synthetic vectors: appends, tombstones, new files, factories;
+a distributed build's part files; the import graph of deepret.index."""
 from __future__ import annotations
+
+import ast
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -7,7 +11,8 @@ import pytest
 from deepret.errors import DeepretError
 from deepret.index.backends import REBUILD_FRACTION, FaissBackend
 from deepret.index.catalogue import Catalogue
-from deepret.index.build import _check_trainable
+from deepret.index.build import _check_trainable, record
+from deepret.index.parts import PARTS, merge_parts, open_part
 
 DIM = 32
 
@@ -96,3 +101,60 @@ def test_eval_factory_reports_map_next_to_exact(data_root, capsys):
         assert float(values[0]) == pytest.approx(float(values[1]), abs=0.01)
     assert main(common + ["--factory", "IVF4,Nonsense"]) == 2
     assert "not valid" in capsys.readouterr().err
+
+
+def test_rank_parts_have_the_catalogue_tables_and_merge_into_it(tmp_path):
+    rng = np.random.default_rng(2)
+    cat = Catalogue(tmp_path, create=True)
+    with cat.write() as db:
+        db.executemany("INSERT INTO files (path) VALUES (?)", [(f"{i}.jpg",) for i in range(4)])
+    rows = cat.db.execute("SELECT id, path FROM files ORDER BY id").fetchall()
+    x = rng.standard_normal((3, DIM)).astype(np.float32)
+    for rank in (0, 1):
+        part = open_part(tmp_path, rank)
+        tables = {r[0] for r in part.db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        assert {"files", "vectors", "meta", "tombstones"} <= tables
+        assert part.db.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+        mine = rows[rank::2]
+        with part.write() as db:
+            if rank == 0:
+                record(db, mine, {mine[0][0]: (640, 480), mine[1][0]: (10, 20)}, x[:2], {})
+            else:
+                record(db, mine, {mine[0][0]: (30, 40)}, x[2:], {mine[1][0]: "corrupt"})
+        part.close()
+    merge_parts(cat)
+    assert not list((tmp_path / PARTS).glob("rank-*.sqlite"))
+    files = cat.db.execute("SELECT id, status, width, height, reason FROM files ORDER BY id").fetchall()
+    assert files == [(1, "ok", 640, 480, None), (2, "ok", 30, 40, None), (3, "ok", 10, 20, None),
+                     (4, "skipped", None, None, "corrupt")]
+    ids, got, _ = cat.vectors(DIM)
+    np.testing.assert_array_equal(got[np.argsort(ids)], x[[0, 2, 1]])
+    cat.close()
+
+
+def _imports(path: Path) -> set[str]:
+    """The deepret.index modules a module imports, anywhere in it (also inside functions)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        names = [node.module or ""] if isinstance(node, ast.ImportFrom) else \
+            [a.name for a in node.names] if isinstance(node, ast.Import) else []
+        found |= {n for n in names if n.startswith("deepret.index.")}
+    return found
+
+
+def test_no_import_cycle_in_the_index_package():
+    folder = Path(__file__).resolve().parents[1] / "src" / "deepret" / "index"
+    graph = {f"deepret.index.{p.stem}": _imports(p) for p in folder.glob("*.py") if p.stem != "__init__"}
+    assert graph["deepret.index.index"] >= {"deepret.index.build", "deepret.index.update"}
+
+    def reach(start: str) -> set[str]:
+        seen, todo = set(), [start]
+        while todo:
+            for dep in graph.get(todo.pop(), ()):
+                if dep not in seen:
+                    seen.add(dep)
+                    todo.append(dep)
+        return seen
+
+    cycles = [m for m in graph if m in reach(m)]
+    assert not cycles, f"modules importing themselves through others: {cycles}"

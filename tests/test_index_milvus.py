@@ -8,7 +8,7 @@ import pytest
 
 from deepret.errors import DeepretError
 from deepret.extract import ExtractSettings
-from deepret.index import Index, build_index
+from deepret.index import build_index
 
 from conftest import require_data
 

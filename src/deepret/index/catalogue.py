@@ -35,17 +35,20 @@ CREATE TABLE IF NOT EXISTS tombstones (id INTEGER PRIMARY KEY);
 class Catalogue:
     """A connection to DIR/catalogue.sqlite; `write()` and `read()` are transactions."""
 
-    def __init__(self, index_dir: str | Path, create: bool = False) -> None:
+    def __init__(self, index_dir: str | Path, create: bool = False, name: str = CATALOGUE, wal: bool = True) -> None:
+        """`name`, `wal`: another file of the same tables (a rank's part of a distributed build, with a
+        rollback journal so that it may live on a network file system)."""
         self.dir = Path(index_dir)
-        path = self.dir / CATALOGUE
+        path = self.dir / name
         if not create and not path.is_file():
-            raise DeepretError(f"{self.dir} is not a deepret index (no {CATALOGUE}): build one with "
+            raise DeepretError(f"{self.dir} is not a deepret index (no {name}): build one with "
                                f"`deepret index build PHOTOS --index {self.dir}`")
         self.dir.mkdir(parents=True, exist_ok=True)
         try:
             self.db = sqlite3.connect(path, timeout=120, isolation_level=None, check_same_thread=False)
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=NORMAL")
+            self.db.execute(f"PRAGMA journal_mode={'WAL' if wal else 'DELETE'}")
+            if wal:
+                self.db.execute("PRAGMA synchronous=NORMAL")
             if create:
                 self.db.executescript(_SCHEMA)
         except sqlite3.DatabaseError as exc:
@@ -109,6 +112,11 @@ class Catalogue:
 
     def count(self, status: str = "ok") -> int:
         return int(self.db.execute("SELECT COUNT(*) FROM files WHERE status = ?", (status,)).fetchone()[0])
+
+    def next_file_id(self) -> int:
+        """The id the next file row gets (ids are never reused, also after removals)."""
+        return int(self.db.execute("SELECT COALESCE(MAX(seq), 0) FROM sqlite_sequence WHERE name = 'files'")
+                   .fetchone()[0]) + 1
 
     def path_of(self, image_id: int) -> str | None:
         row = self.db.execute("SELECT path FROM files WHERE id = ? AND status = 'ok'", (int(image_id),)).fetchone()

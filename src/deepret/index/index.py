@@ -1,4 +1,4 @@
-"""An open index: describe a query with the index's own model, search it, map ids to photos.
+"""An open index: describe a query with the index's own model, search it, map ids to photos, update it.
 
 `Index.open(DIR)` reads the catalogue and loads the vector backend; every search first checks the
 catalogue's version (one small query) and picks up what another process committed since, so a
@@ -11,7 +11,7 @@ import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 from PIL import Image
@@ -19,9 +19,12 @@ from PIL import Image
 from deepret.errors import DeepretError
 from deepret.extract import ExtractSettings, default_device, extract
 from deepret.index.backends import open_backend
-from deepret.index.build import UpdateReport, stored_settings, update_index
+from deepret.index.build import Extraction, build_folder
 from deepret.index.catalogue import Catalogue
+from deepret.index.identity import stored_settings
+from deepret.index.lock import writer_lock
 from deepret.index.reranking import IndexReranking
+from deepret.index.update import UpdateReport, find_changes
 from deepret.models import RetrievalNet, get_model, model_fingerprint
 from deepret.precision import interchangeable, parse_precision, portable_precision, resolve_precision
 
@@ -34,12 +37,24 @@ class SearchHit:
     path: str  # relative to Index.root, '/' separators
     score: float
 
+    def to_dict(self, rounded: bool = False) -> dict:
+        score = float(self.score)
+        return {"id": int(self.id), "path": self.path, "score": round(score, 6) if rounded else score}
+
 
 @dataclass
 class SearchResult:
     hits: list[SearchHit]
     total: int  # images in the index
     timings: dict[str, float]  # milliseconds: "describe", "search", "rerank" (those that ran)
+
+    def to_dict(self, rounded: bool = False) -> dict:
+        """JSON-ready {"total", "timings_ms", "hits": [{"id", "path", "score"}]}; `rounded`: scores to 6
+        digits and milliseconds to 2 (as the web app answers), else exact (as `index search --json` writes)."""
+        timings = {name: float(ms) for name, ms in self.timings.items()}
+        return {"total": int(self.total),
+                "timings_ms": {name: round(ms, 2) for name, ms in timings.items()} if rounded else timings,
+                "hits": [h.to_dict(rounded) for h in self.hits]}
 
 
 class Index:
@@ -217,11 +232,33 @@ class Index:
     # --- changes
     def add_files(self, paths: list[str | Path]) -> UpdateReport:
         """Index these files (inside root) now: new or changed ones are extracted and searchable at once."""
-        return update_index(self, paths)
+        return self._change(paths)
 
     def update(self, progress: bool = False) -> UpdateReport:
         """Rescan root: add new files, re-extract changed ones (size or mtime), remove deleted ones."""
-        return update_index(self, None, progress=progress)
+        return self._change(None, progress=progress)
+
+    def _change(self, paths: Sequence[str | Path] | None, progress: bool = False) -> UpdateReport:
+        """Bring the index in line with its folder (paths None) or with the given files; one writer at a
+        time across processes, the files extracted first and then committed in one transaction."""
+        start = time.perf_counter()
+        cat = self.catalogue
+        with writer_lock(cat.dir):
+            net = self.load_model()
+            with self.lock:
+                known, next_id = cat.files(), cat.next_file_id()
+            changes = find_changes(self.root, known, next_id, paths, exclude=cat.dir.resolve())
+            if changes:
+                changes.extract(Extraction(net, self.root, self.run_settings(net), self.device,
+                                           self.meta.get("max_pixels"), progress=progress))
+                with self.lock:
+                    with cat.write() as db:
+                        changes.commit(db)
+                    self.backend_publish()
+        if changes:
+            self.refresh()
+        changes.report.seconds = time.perf_counter() - start
+        return changes.report
 
     # --- facts
     def info(self) -> dict:
@@ -247,3 +284,14 @@ class Index:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def build_index(photos: str | Path, index_dir: str | Path, **options: Any) -> Index:
+    """Index every photo under `photos` into `index_dir` (resuming an interrupted build of it) and open it.
+
+    `options`: those of deepret.index.build.build_folder (model, settings, factory, backend, uri, train_on,
+    device, progress, max_pixels, weights, workers, chunk)."""
+    net, device = build_folder(photos, index_dir, **options)
+    index = Index.open(Path(index_dir).resolve(), device=device)
+    index.use_model(net)
+    return index

@@ -212,12 +212,11 @@ def _search(state: ServeState, photo: Photo | None, image_id: int | None, box_te
             query = {"source": "id", "id": image_id, "path": _relative(state, path)}
     except DeepretError as exc:
         raise BadInput(400, str(exc).splitlines()[0]) from None
-    timings = {name: round(float(ms), 2) for name, ms in result.timings.items()}
-    timings["total"] = round((time.perf_counter() - start) * 1000, 2)
-    hits = [{"id": int(h.id), "path": h.path, "score": round(float(h.score), 6)} for h in result.hits]
+    found = result.to_dict(rounded=True)
+    timings = {**found["timings_ms"], "total": round((time.perf_counter() - start) * 1000, 2)}
     return {"query": {**query, "width": w, "height": h, "box": list(box) if box else None},
-            "k": k, "offset": offset, "rerank": rerank, "total": int(result.total), "results": hits,
-            "more": offset + len(hits) < int(result.total), "timings": timings}
+            "k": k, "offset": offset, "rerank": rerank, "total": found["total"], "results": found["hits"],
+            "more": offset + len(found["hits"]) < found["total"], "timings": timings}
 
 
 def _add(state: ServeState, photos: list[Photo]) -> dict:
@@ -232,20 +231,13 @@ def _add(state: ServeState, photos: list[Photo]) -> dict:
             report = state.index.add_files(paths)
         except DeepretError as exc:  # e.g. another process is updating the index: the files wait for an update
             raise BadInput(409, str(exc).splitlines()[0]) from None
-    return {"added": [_relative(state, p) for p in paths], "report": _json_safe(_report_dict(report)),
+    return {"added": [_relative(state, p) for p in paths], "report": report.to_dict(),
             "images": len(state.index)}
 
 
 def _relative(state: ServeState, path: Path) -> str:
     root = Path(state.index.root).resolve()
     return Path(path).resolve().relative_to(root).as_posix()
-
-
-def _report_dict(report: Any) -> dict:
-    if hasattr(report, "__dataclass_fields__"):
-        from dataclasses import asdict
-        return asdict(report)
-    return dict(report) if isinstance(report, dict) else {"summary": str(report)}
 
 
 def _json_safe(value: Any) -> Any:

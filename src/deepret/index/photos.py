@@ -1,0 +1,76 @@
+"""Which files of a collection are photos, and why one that cannot be opened is skipped."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from deepret.errors import DeepretError
+from deepret.imageio import PHOTO_SUFFIXES
+
+UNREADABLE = (-1, -1)  # (size, mtime_ns) of a listed photo that cannot be stat'ed (a dangling link...)
+
+
+def scan(root: str | Path, exclude: Path | None = None) -> dict[str, tuple[int, int]]:
+    """{path relative to root ('/' separators): (size, mtime_ns)} of every photo under root.
+
+    A name that cannot be stat'ed (a dangling symbolic link, no permission) is listed as UNREADABLE: it
+    gets a catalogue row and is skipped with its reason at extraction (and retried once it changes). A
+    file removed during the walk is left out, as if the walk had come a moment later."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DeepretError(f"photo folder {root} not found: give a folder of photos")
+    found = {}
+    for folder, dirs, names in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and
+                         (exclude is None or Path(folder, d).resolve() != exclude))
+        for name in names:
+            if name.lower().endswith(PHOTO_SUFFIXES) and not name.startswith("."):
+                path = Path(folder, name)
+                try:
+                    st = path.stat()
+                    found[path.relative_to(root).as_posix()] = (st.st_size, st.st_mtime_ns)
+                except FileNotFoundError:
+                    if os.path.islink(path):
+                        found[path.relative_to(root).as_posix()] = UNREADABLE
+                except OSError:
+                    found[path.relative_to(root).as_posix()] = UNREADABLE
+    return dict(sorted(found.items()))
+
+
+def photo_in(root: Path, path: Path) -> str:
+    """The path relative to root of a photo given to be indexed (DeepretError if it is outside root, missing
+    or not a photo)."""
+    path = (root / path) if not path.is_absolute() else path
+    try:
+        rel = path.resolve().relative_to(root)
+    except ValueError:
+        raise DeepretError(f"{path} is not inside the indexed folder {root}: copy it there first") from None
+    if not path.is_file():
+        raise DeepretError(f"{path} not found: give a photo inside {root}")
+    if not path.name.lower().endswith(PHOTO_SUFFIXES):
+        raise DeepretError(f"{path} is not a photo ({', '.join(PHOTO_SUFFIXES)})")
+    return rel.as_posix()
+
+
+def unreadable_reason(path: Path, reason: str) -> str:
+    """A clearer reason than the decoder's for a file that cannot be opened at all."""
+    try:
+        os.lstat(path)
+    except FileNotFoundError:
+        return "not found (removed during the build)"
+    except PermissionError:
+        return "cannot be read: permission denied"
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror or exc})"
+    if os.path.islink(path) and not os.path.exists(path):
+        return f"is a broken symbolic link (to {os.readlink(path)})"
+    try:
+        with open(path, "rb") as f:
+            f.read(1)
+    except PermissionError:
+        return "cannot be read: permission denied"
+    except IsADirectoryError:
+        return "is a directory, not a photo"
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror or exc})"
+    return reason
