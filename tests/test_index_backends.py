@@ -1,9 +1,6 @@
 """The FAISS backend over a catalogue of synthetic vectors: appends, tombstones, new files, factories;
-a distributed build's part files; the import graph of deepret.index."""
+a distributed build's part files."""
 from __future__ import annotations
-
-import ast
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -131,30 +128,3 @@ def test_rank_parts_have_the_catalogue_tables_and_merge_into_it(tmp_path):
     np.testing.assert_array_equal(got[np.argsort(ids)], x[[0, 2, 1]])
     cat.close()
 
-
-def _imports(path: Path) -> set[str]:
-    """The deepret.index modules a module imports, anywhere in it (also inside functions)."""
-    found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        names = [node.module or ""] if isinstance(node, ast.ImportFrom) else \
-            [a.name for a in node.names] if isinstance(node, ast.Import) else []
-        found |= {n for n in names if n.startswith("deepret.index.")}
-    return found
-
-
-def test_no_import_cycle_in_the_index_package():
-    folder = Path(__file__).resolve().parents[1] / "src" / "deepret" / "index"
-    graph = {f"deepret.index.{p.stem}": _imports(p) for p in folder.glob("*.py") if p.stem != "__init__"}
-    assert graph["deepret.index.index"] >= {"deepret.index.build", "deepret.index.update"}
-
-    def reach(start: str) -> set[str]:
-        seen, todo = set(), [start]
-        while todo:
-            for dep in graph.get(todo.pop(), ()):
-                if dep not in seen:
-                    seen.add(dep)
-                    todo.append(dep)
-        return seen
-
-    cycles = [m for m in graph if m in reach(m)]
-    assert not cycles, f"modules importing themselves through others: {cycles}"
