@@ -5,6 +5,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.fast  # its subprocesses are a second each: no model, no data
+
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "check_layers.py"
 
 
