@@ -76,7 +76,7 @@ def resolve_settings(net: RetrievalNet, settings: ExtractSettings | None = None,
     CUDA, precision auto -> the precision it means there, int8's calibration photos -> their identity."""
     settings = settings or ExtractSettings()
     device = torch.device(device) if device is not None else default_device()
-    engine = resolve_engine(settings.engine, device)
+    engine = resolve_engine(settings.engine, device, settings.precision)
     precision = resolve_precision(settings.precision, net.meta.get("backbone"), device, engine=engine)
     calibration, calibration_id = None, None
     if precision == "int8":

@@ -54,12 +54,14 @@ def parse_engine(text: str) -> str:
     return value
 
 
-def resolve_engine(requested: str, device: torch.device | str) -> str:
-    """The concrete engine of `requested` on `device`: auto -> openvino on the CPU (where it is
-    installed), torch elsewhere; openvino anywhere but the CPU is an error."""
+def resolve_engine(requested: str, device: torch.device | str, precision: str = "auto") -> str:
+    """The concrete engine of `requested` on `device` for the requested `precision`: auto ->
+    openvino on the CPU (where it is installed) for auto, fp32 and int8, torch elsewhere (bf16/fp16
+    asked for: torch's autocast, what REDUCED_OK measured); openvino off the CPU is an error."""
     requested, device = parse_engine(requested), torch.device(device)
     if requested == "auto":
-        return "openvino" if device.type == "cpu" and openvino_available() else "torch"
+        ov = device.type == "cpu" and openvino_available() and parse_precision(precision) in ("auto", "fp32", "int8")
+        return "openvino" if ov else "torch"
     if requested == "openvino":
         if device.type != "cpu":
             raise DeepretError(f"--engine openvino runs on the CPU, not {device.type}: use --engine torch there")

@@ -40,7 +40,7 @@ def compile_network(net: RetrievalNet, engine: str = "auto", precision: str = "a
 
     device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     requested = parse_engine(engine)
-    name = resolve_engine(requested, device)
+    name = resolve_engine(requested, device, precision)
     resolved = resolve_precision(precision, net.meta.get("backbone"), device, engine=name)
     if name == "torch":
         return TorchEngine(net, device, resolved)
