@@ -26,6 +26,8 @@ from deepret.fileio import fsync_dir
 from deepret.models import RetrievalNet, l2n, model_fingerprint
 
 OV_HINTS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16", "int8": "f32"}  # int8: its unquantized ops in f32
+COMPILED_KEPT = 4  # compiled models this process keeps (oldest dropped first)
+_COMPILED: dict = {}
 CONVERSIONS = {"count": 0}  # conversions done by this process (a cached model is read, not converted)
 
 
@@ -67,13 +69,19 @@ class OpenVINOEngine:
         self.from_cache = self.path.is_file()
         if not self.from_cache:
             _save_atomically(self._convert(calib), self.path)
-        core = ov.Core()
         config = {"INFERENCE_PRECISION_HINT": OV_HINTS[precision], "INFERENCE_NUM_THREADS": torch.get_num_threads(),
                   "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY"}
-        try:
-            self.compiled = core.compile_model(core.read_model(self.path), "CPU", config)
-        except Exception as exc:  # OpenVINO raises plain RuntimeErrors
-            raise ConversionError(f"compiling failed: {_first_line(exc)}") from exc
+        memo = (str(self.path), *config.values())
+        if memo not in _COMPILED:  # compiled once per process (extract() compiles at every call)
+            core = ov.Core()
+            try:
+                compiled = core.compile_model(core.read_model(self.path), "CPU", config)
+            except Exception as exc:  # OpenVINO raises plain RuntimeErrors
+                raise ConversionError(f"compiling failed: {_first_line(exc)}") from exc
+            while len(_COMPILED) >= COMPILED_KEPT:
+                _COMPILED.pop(next(iter(_COMPILED)))
+            _COMPILED[memo] = compiled
+        self.compiled = _COMPILED[memo]
         reported = self.compiled.get_property("INFERENCE_PRECISION_HINT")
         self.inference_precision = next((h for h in OV_HINTS.values() if getattr(ov.Type, h) == reported), str(reported))
         if self.inference_precision != OV_HINTS[precision]:  # never another precision silently
