@@ -3,8 +3,9 @@
 Images whose resized shapes are equal are stacked into one batch (the shorter side is rounded to
 `round_to` pixels so that images of similar aspect ratio share a shape); a DataLoader decodes
 them in worker processes, or in a thread of this process when there are none, while the network
-runs. The network runs in the settings' precision (deepret.precision: fp32, or bf16/fp16 autocast
-with channels-last tensors; `auto` picks per backbone and device). Multi-scale descriptors are combined by the GeM
+runs. The network runs compiled by the settings' engine (deepret.engines: OpenVINO on the CPU, torch
+on CUDA) in their precision (deepret.precision: fp32, bf16/fp16, int8 with OpenVINO; `auto` picks per
+backbone, device and engine). Multi-scale descriptors are combined by the GeM
 power mean and L2-normalised; flip averaging adds the mirrored image.
 """
 from __future__ import annotations
@@ -22,11 +23,13 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from deepret.engines import Engine, compile_network
+from deepret.engines.calibration import calibration_photos
 from deepret.errors import DeepretError
 from deepret.imageio import (DEFAULT_MAX_PIXELS, BBox, ImageError, broken_images_message, image_size, open_rgb,
                              target_shape, to_tensor)
 from deepret.models import RetrievalNet, l2n
-from deepret.precision import autocast, parse_precision, prepare_input, prepare_model, resolve_precision
+from deepret.precision import parse_engine, parse_precision, resolve_engine, resolve_precision
 from deepret.runtime import default_workers, tune_allocator
 
 
@@ -41,9 +44,13 @@ class ExtractSettings:
     round_to: int = 32
     precision: str = "auto"  # auto, fp32, bf16 or fp16 (deepret.precision)
     upscale: bool = True  # False: an image smaller than `size` keeps its own size (cirtorch's `thumbnail`)
+    engine: str = "auto"  # auto, torch or openvino (deepret.engines); stored settings without it: torch
+    calibration: str | None = None  # int8: a folder (or photo) of calibration photos, not the ones evaluated
+    calibration_id: str | None = None  # their identity (names, sizes, mtimes), set by resolve_settings
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "precision", parse_precision(self.precision))
+        object.__setattr__(self, "engine", parse_engine(self.engine))
         if self.size is not None and self.size <= 0:
             raise DeepretError(f"image size {self.size} must be a positive number of pixels, e.g. 512")
         if not self.scales or any(s <= 0 for s in self.scales):
@@ -58,18 +65,50 @@ class ExtractSettings:
     @classmethod
     def from_dict(cls, stored: dict) -> "ExtractSettings":
         """Settings read back from `to_dict`'s output; a field not stored (added to ExtractSettings
-        since) has the default it had when it was written."""
-        return cls(**{**stored, "scales": tuple(stored["scales"])})
+        since) has the default it had when it was written (engine: torch, the only one then)."""
+        return cls(**{"engine": "torch", **stored, "scales": tuple(stored["scales"])})
 
 
 def resolve_settings(net: RetrievalNet, settings: ExtractSettings | None = None,
                      device: torch.device | str | None = None) -> ExtractSettings:
     """`settings` with every unset field filled in for `net` on `device` (what caches and indexes are
-    keyed by): size None -> the net's default size, precision auto -> the precision it means there."""
+    keyed by): size None -> the net's default size, engine auto -> openvino on the CPU, torch on
+    CUDA, precision auto -> the precision it means there, int8's calibration photos -> their identity."""
     settings = settings or ExtractSettings()
     device = torch.device(device) if device is not None else default_device()
+    engine = resolve_engine(settings.engine, device, settings.precision)
+    precision = resolve_precision(settings.precision, net.meta.get("backbone"), device, engine=engine)
+    calibration, calibration_id = None, None
+    if precision == "int8":
+        if not settings.calibration:
+            raise DeepretError("precision int8 needs calibration photos (ExtractSettings.calibration): a folder "
+                               "of photos that are not the ones evaluated, e.g. ../shared/data/landmarks-mini")
+        calibration = str(Path(settings.calibration).resolve())
+        calibration_id = _calibration_identity(calibration)
     return replace(settings, size=settings.size if settings.size is not None else net.default_size,
-                   precision=resolve_precision(settings.precision, net.meta.get("backbone"), device))
+                   engine=engine, precision=precision, calibration=calibration, calibration_id=calibration_id)
+
+
+def _calibration_identity(source: str) -> str:
+    """sha1 (16 hex) of the calibration photos' names, sizes and modification times."""
+    import hashlib
+
+    h = hashlib.sha1()
+    for photo in calibration_photos(source):
+        st = photo.stat()
+        h.update(f"{photo.relative_to(source) if photo != Path(source) else photo.name}|{st.st_size}|"
+                 f"{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def compile_for(net: RetrievalNet, requested: ExtractSettings | None, settings: ExtractSettings,
+                device: torch.device) -> Engine:
+    """The engine that runs `net` under resolved `settings`; `requested` engine auto keeps
+    compile_network's fallback to torch where OpenVINO cannot convert the network."""
+    engine = "auto" if (requested or ExtractSettings()).engine == "auto" else settings.engine
+    calibration = [settings.calibration] if settings.calibration else None
+    return compile_network(net, engine, settings.precision, device, calibration=calibration,
+                           calibration_size=settings.size)
 
 
 def default_device() -> torch.device:
@@ -143,14 +182,13 @@ def extract(net: RetrievalNet, paths: Sequence[str | Path], bbxs: Sequence[BBox 
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
     device = torch.device(device) if device is not None else default_device()
-    settings = resolve_settings(net, settings, device)
+    requested, settings = settings, resolve_settings(net, settings, device)
     workers = default_workers() if workers is None else workers
     if device.type == "cpu":
         tune_allocator()
     paths = [Path(p) for p in paths]
     bbxs = list(bbxs) if bbxs is not None else [None] * len(paths)
-    precision = settings.precision
-    net = prepare_model(net, device, precision).eval()
+    engine = compile_for(net, requested, settings, device)
     broken: dict[int, ImageError] = {}  # each with its reason and advice (e.g. raise --max-pixels)
     sizes: dict[int, tuple[int, int]] = {}
     for i, (p, b) in enumerate(zip(paths, bbxs)):
@@ -174,9 +212,7 @@ def extract(net: RetrievalNet, paths: Sequence[str | Path], bbxs: Sequence[BBox 
                 for idx, x, errors in loader:
                     broken.update({i: ImageError(paths[i], reason) for i, reason in errors.items()})
                     if idx:
-                        x = prepare_input(x.to(device, non_blocking=True), precision)
-                        with autocast(device, precision):
-                            v = _forward(net, x, settings.flip).float()
+                        v = _forward(engine, x.to(device, non_blocking=True), settings.flip)
                         acc[idx] += v.double().cpu().pow(msp) if msp != 1.0 else v.double().cpu()
                     bar.update(len(idx) + len(errors))
     if broken and on_error == "raise":
@@ -245,9 +281,9 @@ def _decoded_in_thread(dataset: Dataset, batches: list, ahead: int) -> Iterator:
         thread.join()
 
 
-def _forward(net: RetrievalNet, x: torch.Tensor, flip: bool) -> torch.Tensor:
-    v = net(x)
-    return l2n(v + net(x.flip(-1))) if flip else v
+def _forward(engine: Engine, x: torch.Tensor, flip: bool) -> torch.Tensor:
+    v = engine(x)
+    return l2n(v + engine(x.flip(-1))) if flip else v
 
 
 def _multiscale_power(net: RetrievalNet) -> float:

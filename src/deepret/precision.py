@@ -16,7 +16,8 @@ from torch import nn
 
 from deepret.errors import DeepretError
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")  # int8: the openvino engine only (deepret.engines)
+ENGINES = ("auto", "torch", "openvino")  # auto: openvino on the CPU, torch on CUDA
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 # Reduced precisions that keep oxford5k-mini mAP within 0.3 points of fp32, per backbone (in the
@@ -38,11 +39,42 @@ MAP_TOLERANCE = 0.3  # mAP points from fp32 that `auto` accepts
 
 
 def parse_precision(text: str) -> str:
-    """Check a --precision value: auto, fp32, bf16 or fp16 (case-insensitive)."""
+    """Check a --precision value: auto, fp32, bf16, fp16 or int8 (case-insensitive)."""
     value = str(text).strip().lower()
     if value not in PRECISIONS:
         raise DeepretError(f"precision {text!r} is unknown: use one of {', '.join(PRECISIONS)}")
     return value
+
+
+def parse_engine(text: str) -> str:
+    """Check an --engine value: auto, torch or openvino (case-insensitive)."""
+    value = str(text).strip().lower()
+    if value not in ENGINES:
+        raise DeepretError(f"engine {text!r} is unknown: use one of {', '.join(ENGINES)}")
+    return value
+
+
+def resolve_engine(requested: str, device: torch.device | str, precision: str = "auto") -> str:
+    """The concrete engine of `requested` on `device` for the requested `precision`: auto ->
+    openvino on the CPU (where it is installed) for auto, fp32 and int8, torch elsewhere (bf16/fp16
+    asked for: torch's autocast, what REDUCED_OK measured); openvino off the CPU is an error."""
+    requested, device = parse_engine(requested), torch.device(device)
+    if requested == "auto":
+        ov = device.type == "cpu" and openvino_available() and parse_precision(precision) in ("auto", "fp32", "int8")
+        return "openvino" if ov else "torch"
+    if requested == "openvino":
+        if device.type != "cpu":
+            raise DeepretError(f"--engine openvino runs on the CPU, not {device.type}: use --engine torch there")
+        if not openvino_available():
+            raise DeepretError("--engine openvino: the openvino package is not installed: pip install openvino nncf")
+    return requested
+
+
+@functools.cache
+def openvino_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("openvino") is not None
 
 
 @functools.cache
@@ -71,9 +103,17 @@ def cpu_has_fast(precision: str) -> bool:
     return bool(probe()) if probe is not None else True
 
 
-def resolve_precision(requested: str, backbone: str | None, device: torch.device | str) -> str:
-    """The concrete precision (fp32, bf16, fp16) of `requested` for `backbone` on `device`."""
+def resolve_precision(requested: str, backbone: str | None, device: torch.device | str,
+                      engine: str = "torch") -> str:
+    """The concrete precision (fp32, bf16, fp16, int8) of `requested` for `backbone` on `device`
+    with the concrete `engine`. int8 needs openvino; under openvino `auto` is fp32 (REDUCED_OK was
+    measured with torch's autocast, and int8 needs calibration photos)."""
     requested, device = parse_precision(requested), torch.device(device)
+    if requested == "int8" and engine != "openvino":
+        raise DeepretError("--precision int8 runs only on the openvino engine (CPU): use --engine openvino, "
+                           "or fp32/bf16/fp16 with torch")
+    if engine == "openvino":
+        return "fp32" if requested == "auto" else requested
     if requested == "auto":
         ok = REDUCED_OK.get(backbone or "", ())
         # on the CPU only bf16: fp16 autocast was slower than fp32 there (docs/benchmarks.md)
@@ -92,6 +132,8 @@ def runs_fast(precision: str, device: torch.device | str) -> bool:
     device = torch.device(device)
     if precision == "fp32":
         return True
+    if precision == "int8":  # OpenVINO's int8 kernels (AVX2 and up)
+        return device.type == "cpu"
     if device.type == "cuda":
         return precision == "fp16" or torch.cuda.is_bf16_supported()
     return device.type == "cpu" and cpu_has_fast(precision)
