@@ -83,10 +83,10 @@ def test_gem_and_l2n_stay_fp32_under_autocast():
 
 
 def test_reduced_precision_descriptors_match_fp32(lite0, photos):
-    ref = extract(lite0, photos, settings=ExtractSettings(size=256, precision="fp32"), workers=0, progress=False)
+    ref = extract(lite0, photos, settings=ExtractSettings(size=256, precision="fp32"), workers=0, progress=False).vectors
     for precision in ("bf16", "fp16"):
         got = extract(lite0, photos, settings=ExtractSettings(size=256, precision=precision), workers=0,
-                      progress=False)
+                      progress=False).vectors
         assert got.dtype == np.float32
         cosines = (got * ref).sum(1)
         assert cosines.min() >= 0.99 and not np.allclose(got, ref, atol=1e-7), (precision, cosines)
