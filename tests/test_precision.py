@@ -9,7 +9,7 @@ import deepret.precision as P
 from deepret.cli import main
 from deepret.errors import DeepretError
 from deepret.extract import ExtractSettings, _collate, _decoded_in_thread, _Images, extract, plan_batches
-from deepret.imageio import image_size
+from deepret.imageio import ImageSource, image_size
 from deepret.models import create_model, gem
 
 from conftest import require_data
@@ -93,7 +93,7 @@ def test_reduced_precision_descriptors_match_fp32(lite0, photos):
 
 
 def test_decoding_thread_gives_the_plain_batches(lite0, photos):
-    dataset = _Images(photos, [None] * len(photos), lite0.meta["input"]["mean"], lite0.meta["input"]["std"])
+    dataset = _Images(ImageSource(photos), lite0.meta["input"]["mean"], lite0.meta["input"]["std"])
     batches = plan_batches([image_size(p) for p in photos], 160, 32, 160 * 160 * 2)
     plain = [_collate([dataset[key] for key in batch]) for batch in batches]
     threaded = list(_decoded_in_thread(dataset, batches, ahead=1))
