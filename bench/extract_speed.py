@@ -44,7 +44,7 @@ from torchvision import transforms
 import deepret.extract as E
 from deepret.datasets import load_benchmark
 from deepret.extract import ExtractSettings, _collate, _Images, extract, plan_batches
-from deepret.imageio import image_size
+from deepret.imageio import ImageSource, image_size
 from deepret.models import create_model
 from deepret.models.backbones import OFFLINE_BACKBONES
 from deepret.pipeline import RunOptions, benchmark_features, evaluate_features
@@ -115,12 +115,12 @@ def bench_model(name: str, size: int, paths, precisions: list[str], device: torc
     peer_net = copy.deepcopy(net)
     default = resolve_precision("auto", net.meta["backbone"], device)
     settings = {p: variant_settings(size, p) for p in precisions}
-    dataset = _Images(paths, [None] * len(paths), net.meta["input"]["mean"], net.meta["input"]["std"])
+    dataset = _Images(ImageSource(paths), net.meta["input"]["mean"], net.meta["input"]["std"])
     batches = plan_batches([image_size(p) for p in paths], size, 32, MAX_BATCH_PIXELS, fixed=net.input_size)
     xs = [x.to(device) for _, x, _ in (_collate([dataset[k] for k in b]) for b in batches)]
 
     def full(p):
-        return lambda: extract(net, paths, settings=settings[p], device=device, workers=workers, progress=False)
+        return lambda: extract(net, paths, settings=settings[p], device=device, workers=workers, progress=False).vectors
 
     engines: dict = {}
 
@@ -138,7 +138,7 @@ def bench_model(name: str, size: int, paths, precisions: list[str], device: torc
         E._loader, saved = _plain_loader, E._loader
         try:
             return extract(net, paths, settings=settings.get(default, variant_settings(size, default)), device=device,
-                           workers=workers, progress=False)
+                           workers=workers, progress=False).vectors
         finally:
             E._loader = saved
 

@@ -40,8 +40,8 @@ def run_one(net, bench, size: int) -> tuple[dict[str, float], int, float]:
     q_paths = [bench.query_path(q) for q in range(len(bench.qimlist))]
     bbxs = [bench.query_bbx(q) for q in range(len(bench.qimlist))]
     t0 = time.perf_counter()
-    db = extract(net, db_paths, settings=settings, device="cpu", progress=False)
-    queries = extract(net, q_paths, bbxs, settings=settings, device="cpu", progress=False)
+    db = extract(net, db_paths, settings=settings, device="cpu", progress=False).vectors
+    queries = extract(net, q_paths, bbxs, settings=settings, device="cpu", progress=False).vectors
     seconds = time.perf_counter() - t0
     results = evaluate(db @ queries.T, bench.gnd)
     return {p: round(float(r.map), 2) for p, r in results.items()}, len(db_paths) + len(q_paths), seconds

@@ -185,7 +185,7 @@ def test_whitening_of_real_descriptors(landmarks):
     pooled = net.meta["whitening"]
     assert pooled["dim_out"] == 12
     net_copy_pooled = create_model(MODEL)
-    X = extract(net_copy_pooled, landmarks.paths, settings=ExtractSettings(size=96), progress=False)
+    X = extract(net_copy_pooled, landmarks.paths, settings=ExtractSettings(size=96), progress=False).vectors
     Y = (X - X.mean(0)) @ net.whiten.weight.detach().numpy().T
     np.testing.assert_allclose(np.cov(Y.T), np.eye(12), atol=1e-3)
 
@@ -200,7 +200,7 @@ def test_whiten_command_learns_in_the_precision_it_is_given(landmarks, tmp_path,
     off = {}
     for precision in ("bf16", "fp32"):
         X = extract(create_model(MODEL), landmarks.paths, settings=ExtractSettings(size=96, precision=precision),
-                    progress=False)
+                    progress=False).vectors
         off[precision] = np.abs(np.cov(((X - X.mean(0)) @ W.T).T) - np.eye(12)).max()
     assert off["bf16"] < 1e-4 < 1e-3 < off["fp32"], off  # fitted on bf16 descriptors, not on fp32 ones
     capsys.readouterr()

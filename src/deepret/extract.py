@@ -1,6 +1,7 @@
 """Batched, multi-scale descriptor extraction.
 
-Images whose resized shapes are equal are stacked into one batch (the shorter side is rounded to
+`extract` takes image files, their bytes or decoded PIL images (an `ImageSource`) and always returns an
+`Extraction`: the descriptors and the images that could not be decoded. Images whose resized shapes are equal are stacked into one batch (the shorter side is rounded to
 `round_to` pixels so that images of similar aspect ratio share a shape); a DataLoader decodes
 them in worker processes, or in a thread of this process when there are none, while the network
 runs. The network runs compiled by the settings' engine (deepret.engines: OpenVINO on the CPU, torch
@@ -14,8 +15,7 @@ import queue
 import threading
 from collections import defaultdict
 from contextlib import closing
-from dataclasses import asdict, dataclass, replace
-from pathlib import Path
+from dataclasses import asdict, dataclass, field, replace
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from deepret.engines import Engine, compile_network
 from deepret.engines.calibration import calibration_photos
 from deepret.errors import DeepretError
-from deepret.imageio import (DEFAULT_MAX_PIXELS, BBox, ImageError, broken_images_message, image_size, open_rgb,
+from deepret.imageio import (DEFAULT_MAX_PIXELS, BBox, ImageError, ImageInput, ImageSource, broken_images_message,
                              target_shape, to_tensor)
 from deepret.models import RetrievalNet, l2n
 from deepret.precision import parse_engine, parse_precision, resolve_engine, resolve_precision
@@ -116,24 +116,34 @@ def default_device() -> torch.device:
 
 
 class _Images(Dataset):
-    """Decodes item i at shape (H, W): keys are (i, H, W) tuples given by the batch sampler."""
+    """Decodes item i of `source` at shape (H, W): keys are (i, H, W) tuples given by the batch sampler."""
 
-    def __init__(self, paths: Sequence[Path], bbxs: Sequence[BBox | None], mean, std, upright: bool = False,
-                 max_pixels: int | None = DEFAULT_MAX_PIXELS) -> None:
-        self.paths, self.bbxs, self.mean, self.std = paths, bbxs, mean, std
-        self.upright, self.max_pixels = upright, max_pixels
+    def __init__(self, source: ImageSource, mean, std) -> None:
+        self.source, self.mean, self.std = source, mean, std
 
     def __len__(self) -> int:
-        return len(self.paths)
+        return len(self.source)
 
     def __getitem__(self, key: tuple[int, int, int]):
         i, h, w = key
         try:
-            im = open_rgb(self.paths[i], self.bbxs[i], draft_to=(w, h), upright=self.upright,
-                          max_pixels=self.max_pixels)
+            im = self.source.load(i, draft_to=(w, h))
         except ImageError as exc:  # travels to the main process as a value (its reason)
             return i, exc.reason
         return i, to_tensor(im, (h, w), self.mean, self.std)
+
+
+@dataclass
+class Extraction:
+    """What `extract` returns: `vectors` (N, D) float32, one row per image in order (zeros for a failed
+    one), and `failed` {index: reason} of the images that could not be used (empty with on_error="raise")."""
+
+    vectors: np.ndarray
+    failed: dict[int, str] = field(default_factory=dict)
+
+    def described(self) -> np.ndarray:
+        """The rows of the images that were described, in order (the failed ones left out)."""
+        return self.vectors[[i for i in range(len(self.vectors)) if i not in self.failed]]
 
 
 def _collate(items):
@@ -167,41 +177,46 @@ def plan_batches(sizes: Sequence[tuple[int, int]], longest: int | None, round_to
 
 
 @torch.inference_mode()
-def extract(net: RetrievalNet, paths: Sequence[str | Path], bbxs: Sequence[BBox | None] | None = None,
+def extract(net: RetrievalNet, images: Sequence[ImageInput] | ImageSource, bbxs: Sequence[BBox | None] | None = None,
             settings: ExtractSettings | None = None, device: torch.device | str | None = None,
             workers: int | None = None, max_batch_pixels: int = 4 * 1024 * 1024,
             desc: str = "extract", progress: bool = True, on_error: str = "raise", upright: bool = False,
-            max_pixels: int | None = DEFAULT_MAX_PIXELS):
-    """Descriptors (N, D) float32 of the images in `paths`, cropped to `bbxs` where given.
+            max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Extraction:
+    """Descriptors of `images` (paths, bytes of image files or PIL images; see ImageSource), cropped to
+    `bbxs` where given; an ImageSource brings its own boxes, `upright` and `max_pixels`.
 
     Every image that can be decoded is; the broken ones (missing, corrupt, above `max_pixels`) are
-    collected. on_error="raise" (default) then raises one DeepretError naming them; "skip" returns
-    `(descriptors, failures)` with `failures` {index: reason} and zero rows for those indices.
-    `upright` applies the EXIF orientation (collection photos; boxes are then upright too).
+    collected. on_error="raise" (default) then raises one DeepretError naming them; "skip" returns them
+    in `Extraction.failed` {index: reason}, with zero rows for them. `upright` applies the EXIF
+    orientation (collection photos; boxes are then upright too).
     """
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
+    if isinstance(images, ImageSource):
+        if bbxs is not None:
+            raise ValueError("an ImageSource holds its own boxes: give them to it, not to extract")
+        source = images
+    else:
+        source = ImageSource(images, bbxs, upright=upright, max_pixels=max_pixels)
     device = torch.device(device) if device is not None else default_device()
     requested, settings = settings, resolve_settings(net, settings, device)
     workers = default_workers() if workers is None else workers
     if device.type == "cpu":
         tune_allocator()
-    paths = [Path(p) for p in paths]
-    bbxs = list(bbxs) if bbxs is not None else [None] * len(paths)
     engine = compile_for(net, requested, settings, device)
     broken: dict[int, ImageError] = {}  # each with its reason and advice (e.g. raise --max-pixels)
     sizes: dict[int, tuple[int, int]] = {}
-    for i, (p, b) in enumerate(zip(paths, bbxs)):
+    for i in range(len(source)):
         try:
-            sizes[i] = image_size(p, b, upright=upright, max_pixels=max_pixels)
+            sizes[i] = source.size(i)
         except ImageError as exc:
             broken[i] = exc
     usable = sorted(sizes)
     mean, std = net.meta["input"]["mean"], net.meta["input"]["std"]
     msp = _multiscale_power(net) if len(settings.scales) > 1 else 1.0
-    acc = torch.zeros(len(paths), net.dim, dtype=torch.float64)
-    dataset = _Images(paths, bbxs, mean, std, upright=upright, max_pixels=max_pixels)
-    total = len(paths) * len(settings.scales)
+    acc = torch.zeros(len(source), net.dim, dtype=torch.float64)
+    dataset = _Images(source, mean, std)
+    total = len(source) * len(settings.scales)
     with tqdm(total=total, desc=desc, unit="img", disable=not progress, leave=False) as bar:
         bar.update(len(broken) * len(settings.scales))
         for scale in settings.scales:
@@ -210,21 +225,19 @@ def extract(net: RetrievalNet, paths: Sequence[str | Path], bbxs: Sequence[BBox 
             batches = [[(usable[j], h, w) for j, h, w in batch] for batch in batches]
             with closing(_loader(dataset, batches, workers, device.type == "cuda")) as loader:
                 for idx, x, errors in loader:
-                    broken.update({i: ImageError(paths[i], reason) for i, reason in errors.items()})
+                    broken.update({i: ImageError(source.name(i), reason) for i, reason in errors.items()})
                     if idx:
                         v = _forward(engine, x.to(device, non_blocking=True), settings.flip)
                         acc[idx] += v.double().cpu().pow(msp) if msp != 1.0 else v.double().cpu()
                     bar.update(len(idx) + len(errors))
     if broken and on_error == "raise":
-        raise DeepretError(broken_images_message([broken[i] for i in sorted(broken)], len(paths)))
+        raise DeepretError(broken_images_message([broken[i] for i in sorted(broken)], len(source)))
     acc /= len(settings.scales)
     if msp != 1.0:
         acc = acc.pow(1.0 / msp)
     out = l2n(acc).float().numpy()
-    if on_error == "raise":
-        return out
     out[sorted(broken)] = 0.0
-    return out, {i: broken[i].reason for i in sorted(broken)}
+    return Extraction(out, {i: broken[i].reason for i in sorted(broken)})
 
 
 DECODE_AHEAD = 2  # batches the decoding thread may hold ready

@@ -142,8 +142,9 @@ def extract_files(net: RetrievalNet, root: Path, rows: Sequence[tuple[int, str]]
                   device, max_pixels: int | None, workers: int | None, bar=None):
     """Extract `rows` (id, path): ({id: (w, h)} and vectors of the usable ones, {id: reason})."""
     paths = [root / p for _, p in rows]
-    vectors, failures = extract(net, paths, settings=settings, device=device, workers=workers, progress=False,
-                                on_error="skip", upright=True, max_pixels=max_pixels)
+    found = extract(net, paths, settings=settings, device=device, workers=workers, progress=False,
+                    on_error="skip", upright=True, max_pixels=max_pixels)
+    vectors, failures = found.vectors, found.failed
     sizes, skipped = {}, {rows[i][0]: unreadable_reason(paths[i], reason) for i, reason in failures.items()}
     for i, (image_id, _) in enumerate(rows):
         if image_id not in skipped:
@@ -359,9 +360,8 @@ def _training_vectors(net, train_on, settings, device, max_pixels, workers, prog
         return None
     root = Path(train_on).resolve()
     paths = [root / p for p in scan(root)]
-    vectors, failures = extract(net, paths, settings=settings, device=device, workers=workers, progress=progress,
-                                on_error="skip", upright=True, max_pixels=max_pixels, desc="train-on")
-    return vectors[[i for i in range(len(paths)) if i not in failures]]
+    return extract(net, paths, settings=settings, device=device, workers=workers, progress=progress,
+                   on_error="skip", upright=True, max_pixels=max_pixels, desc="train-on").described()
 
 
 def update_index(index: "Index", paths: Sequence[str | Path] | None = None, progress: bool = False) -> UpdateReport:

@@ -6,7 +6,6 @@ long-running searcher (the web app) sees updates without reopening. Methods are 
 """
 from __future__ import annotations
 
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, replace
@@ -119,16 +118,12 @@ class Index:
 
     # --- queries
     def describe(self, image: str | Path | Image.Image, box: BBox | None = None) -> np.ndarray:
-        """(D,) float32 descriptor of `image` (cropped to `box`, upright coordinates), index's settings."""
+        """(D,) float32 descriptor of `image` (cropped to `box`, upright coordinates), index's settings;
+        a PIL image is decoded as deepret.imageio.ImageSource says (as its file when not loaded yet)."""
         net = self.load_model()
-        if isinstance(image, Image.Image):
-            with tempfile.TemporaryDirectory(prefix="deepret-query-") as tmp:
-                path = Path(tmp) / "query.png"
-                image.save(path, compress_level=0)
-                return self.describe(path, box)
-        return extract(net, [Path(image)], [box] if box is not None else None, settings=self.run_settings(net),
+        return extract(net, [image], [box] if box is not None else None, settings=self.run_settings(net),
                        device=self.device, workers=0, progress=False, upright=True,
-                       max_pixels=self.meta.get("max_pixels"))[0]
+                       max_pixels=self.meta.get("max_pixels")).vectors[0]
 
     def search(self, image: str | Path | Image.Image, box: BBox | None = None, k: int = 10, offset: int = 0,
                rerank: str | None = None) -> SearchResult:

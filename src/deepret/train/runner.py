@@ -238,7 +238,7 @@ class Run:
         from deepret.pipeline import RunOptions, benchmark_features, evaluate_features
 
         bench = load_benchmark(cfg.val, cfg.val_root or ".")
-        opts = RunOptions(ExtractSettings(size=cfg.val_size, precision=self.precision), use_cache=False,  # no cache files
+        opts = RunOptions(ExtractSettings(size=cfg.val_size, precision=self.precision, engine="torch"), use_cache=False,  # no cache files
                           progress=False,
                           device=str(next(net.parameters()).device), workers=cfg.workers)
         was_training = net.training
