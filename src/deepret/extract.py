@@ -16,6 +16,7 @@ import threading
 from collections import defaultdict
 from contextlib import closing
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np

@@ -18,7 +18,7 @@ from deepret.errors import DeepretError
 from deepret.models import RetrievalNet, save
 from deepret.models.network import read_checkpoint
 from deepret.precision import autocast, prepare_input, prepare_model, resolve_precision
-from deepret.runtime import distributed, tune_allocator
+from deepret.runtime import distributed
 
 
 @dataclass
