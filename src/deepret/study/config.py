@@ -6,8 +6,6 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from deepret.errors import DeepretError
 from deepret.precision import parse_precision
 from deepret.study.steps import ALL_STEPS
@@ -106,6 +104,8 @@ def _budget(d: dict, name: str) -> Budget:
 
 def load_config(path: str | Path | None = None, **overrides: Any) -> StudyConfig:
     """StudyConfig from a YAML file (if given), then `overrides` whose value is not None."""
+    import yaml  # here: the CLI's parser reads this module's add_arguments
+
     data: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
