@@ -285,3 +285,30 @@ def test_every_benchmark_command_takes_max_pixels():
         assert args.max_pixels == 5 and args.quiet is False and args.device is None, command
     args = parser.parse_args(["index", "build", "p", "--index", "i", "--max-pixels", "7", "--quiet"])
     assert (args.max_pixels, args.quiet, args.scales, args.precision) == (7, True, (1.0,), "auto")
+
+
+@pytest.mark.fast  # create_model is only looked up, not called
+def test_the_version_is_pyprojects_and_the_lazy_names_resolve():
+    import tomllib
+    from pathlib import Path
+
+    import deepret
+    import deepret.models
+    import deepret.study
+    import deepret.train
+    from deepret.version import __version__
+
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    assert deepret.__version__ == __version__ == pyproject["project"]["version"]
+    from deepret.models import create_model, list_models
+    from deepret.train import TrainConfig, train_rank
+    from deepret.train.losses import DEFAULT_MARGINS
+    from deepret.train.runner import RankOptions
+
+    assert callable(create_model) and callable(train_rank) and callable(deepret.study.run_study)
+    assert deepret.load.__module__ == "deepret" and deepret.models.network.load is deepret.models.load
+    assert TrainConfig is deepret.train.runner.TrainConfig and RankOptions().loss in DEFAULT_MARGINS
+    assert {r["name"] for r in list_models()} >= {"efficientnet_lite0-gem"}
+    assert "create_model" in dir(deepret.models) and "train_rank" in deepret.train.__all__
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        deepret.models.nope  # noqa: B018
