@@ -28,7 +28,7 @@ Layers, top to bottom, and why each module sits where it does (what it imports):
    features, whiten, precision, datasets, viz, augment,          other (extract -> models, precision;
    protocols                                                     evaluate -> search, protocols;
                                                                  viz.tsne -> features, datasets)
- 4 imageio, fileio, runtime, errors, argtypes                    leaves: no deepret import but errors
+ 4 imageio, fileio, runtime, errors, argtypes, version, lazy     leaves: no deepret import but errors
 == ============================================================ =======================================
 
 (``engines`` is reserved: no such module yet.)
@@ -46,7 +46,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("pipeline", "train", "compression", "robustness"),
     ("extract", "engines", "models", "evaluate", "rerank", "vectors", "search", "features", "whiten",
      "precision", "datasets", "viz", "augment", "protocols"),
-    ("imageio", "fileio", "runtime", "errors", "argtypes"),
+    ("imageio", "fileio", "runtime", "errors", "argtypes", "version", "lazy"),
 )
 LAYER_OF = {name: level for level, names in enumerate(LAYERS) for name in names}
 

@@ -30,6 +30,7 @@ from deepret.serve.inputs import (DEFAULT_MAX_UPLOAD_BYTES, DEFAULT_MAX_UPLOAD_P
                                   decode_photo, inside, parse_box, upload_name)
 from deepret.serve.limits import BearerToken, BodyLimit
 from deepret.serve.thumbs import cache_dir_of, thumb_size, thumbnail
+from deepret.version import __version__
 
 STATIC = Path(__file__).parent / "static"
 MAX_K = 100
@@ -97,7 +98,7 @@ def create_app(index_dir: str | Path, token: str | None = None, allow_uploads: b
         await asyncio.to_thread(loader.join)
         index.close()
 
-    app = FastAPI(title="deepret", version=_version(), lifespan=lifespan,
+    app = FastAPI(title="deepret", version=__version__, lifespan=lifespan,
                   description="Search a photo collection by example: upload a photo (optionally a box on it) "
                               "or pick an indexed one, get the most similar photos of the collection.")
     app.state.deepret = state
@@ -274,11 +275,3 @@ def _add_error_handlers(app: FastAPI) -> None:
         where = ".".join(str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path"))
         return JSONResponse({"detail": f"{where}: {first.get('msg')}" if where else str(first.get("msg"))},
                             status_code=422)
-
-
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-    try:
-        return version("deepret")
-    except PackageNotFoundError:
-        return "0"
