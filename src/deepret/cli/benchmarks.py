@@ -5,14 +5,21 @@ import json
 import sys
 
 
+def descriptor_settings(args):
+    """deepret.extract.ExtractSettings of the descriptor options (deepret.cli.parser._add_descriptor_options)."""
+    from deepret.extract import ExtractSettings
+
+    return ExtractSettings(size=args.size, scales=args.scales, flip=args.flip, precision=args.precision,
+                           engine=args.engine, calibration=args.calibration and str(args.calibration),
+                           upscale=not args.no_upscale)
+
+
 def run_options(args):
     """deepret.pipeline.RunOptions of the benchmark options (deepret.cli.parser._benchmark_parser)."""
-    from deepret.extract import ExtractSettings
     from deepret.imageio import DEFAULT_MAX_PIXELS
     from deepret.pipeline import RunOptions
 
-    return RunOptions(ExtractSettings(size=args.size, scales=args.scales, flip=args.flip, precision=args.precision,
-                                      upscale=not args.no_upscale),
+    return RunOptions(descriptor_settings(args),
                       crop_queries=not args.no_crop, cache_dir=args.cache_dir, use_cache=not args.no_cache,
                       device=args.device, workers=args.workers, progress=not args.quiet,
                       max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS)
@@ -30,7 +37,8 @@ def benchmark_run(args):
     net = get_model(args.model, weights=args.weights)
     features, path, cached = benchmark_features(net, bench, run_options(args))
     print(f"features: {path or 'not cached (--no-cache)'}{' (cached)' if cached else ''}, "
-          f"size {features.meta['settings']['size']}", file=sys.stderr)
+          f"size {features.meta['settings']['size']}, engine {features.meta['settings'].get('engine', 'torch')} "
+          f"{features.meta['settings']['precision']}", file=sys.stderr)
     return bench, features
 
 

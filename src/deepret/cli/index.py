@@ -5,14 +5,13 @@ import json
 
 
 def cmd_build(args) -> int:
-    from deepret.extract import ExtractSettings
+    from deepret.cli.benchmarks import descriptor_settings
     from deepret.imageio import DEFAULT_MAX_PIXELS
     from deepret.index import build_index
     from deepret.runtime import is_main_process
 
     index = build_index(args.photos, args.index, model=args.model, weights=args.weights,
-                        settings=ExtractSettings(size=args.size, scales=args.scales, flip=args.flip,
-                                                 precision=args.precision, upscale=not args.no_upscale),
+                        settings=descriptor_settings(args),
                         factory=args.factory, backend=args.backend, uri=args.uri, train_on=args.train_on,
                         device=args.device, progress=not args.quiet, workers=args.workers,
                         max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS)

@@ -29,12 +29,36 @@ def _parse_precision(text: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _parse_training_precision(text: str) -> str:
+    value = _parse_precision(text)
+    if value == "int8":
+        raise argparse.ArgumentTypeError("int8 is for inference (--engine openvino): train in fp32, bf16 or fp16")
+    return value
+
+
+def _parse_engine(text: str) -> str:
+    from deepret.precision import parse_engine  # torch-free
+
+    try:
+        return parse_engine(text)
+    except DeepretError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 # --- option groups shared by several commands ---------------------------------------------------
 
 def _add_precision_option(p: argparse.ArgumentParser, default: str = "auto") -> None:
     p.add_argument("--precision", type=_parse_precision, default=default,
-                   help=f"auto, fp32, bf16 or fp16 (default {default}; auto: bf16/fp16 where the hardware has it "
-                        "and the network keeps its mAP, see docs/benchmarks.md)")
+                   help=f"auto, fp32, bf16, fp16 or int8 (default {default}; auto: fp32 on the openvino engine, "
+                        "bf16/fp16 with torch where the hardware has it and the network keeps its mAP; int8: "
+                        "openvino, calibrated on --calibration; see docs/benchmarks.md)")
+
+
+def _add_engine_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--engine", type=_parse_engine, default="auto",
+                   help="auto (default: openvino on the CPU, torch on CUDA), torch or openvino")
+    p.add_argument("--calibration", type=Path, default=None,
+                   help="photos (a folder) that calibrate --precision int8; never the images evaluated")
 
 
 def _add_index_precision_option(p: argparse.ArgumentParser) -> None:
@@ -74,6 +98,7 @@ def _add_descriptor_options(p: argparse.ArgumentParser, max_pixels_help: str) ->
                    help="keep images smaller than --size at their own size, as cirtorch does (default: enlarge "
                         "them; see docs/benchmarks.md)")
     _add_precision_option(p)
+    _add_engine_options(p)
     p.add_argument("--max-pixels", type=positive_int, default=None, help=max_pixels_help)
     _add_workers_option(p)
     _add_quiet_option(p)
@@ -219,7 +244,8 @@ def _add_train_parsers(sub) -> None:
                        help="validation image size (default: the model's evaluation size)")
         p.add_argument("--resume", action="store_true", help="continue the run in --out where it stopped")
         _add_quiet_option(p)
-        _add_precision_option(p, default=d.precision)
+        p.add_argument("--precision", type=_parse_training_precision, default=d.precision,
+                       help=f"fp32 (default {d.precision}), bf16 or fp16 autocast, or auto")
         if mode == "classify":
             c = ClassifyOptions()
             p.add_argument("--init", choices=("xavier", "kaiming"), default=c.init)
