@@ -26,9 +26,9 @@ def _cos(a, b) -> float:
 
 def test_openvino_matches_torch_on_real_photos_and_reports_f32(lite0, photos, tmp_path):
     ref = extract(lite0, photos, settings=ExtractSettings(size=256, engine="torch", precision="fp32"),
-                  device="cpu", workers=0, progress=False)
+                  device="cpu", workers=0, progress=False).vectors
     got = extract(lite0, photos, settings=ExtractSettings(size=256, engine="openvino"), device="cpu", workers=0,
-                  progress=False)
+                  progress=False).vectors
     assert _cos(ref, got) >= 0.9999
     engine = compile_network(lite0, "openvino", "fp32", "cpu", cache_dir=tmp_path)
     assert (engine.name, engine.precision, engine.inference_precision) == ("openvino", "fp32", "f32")  # not bf16

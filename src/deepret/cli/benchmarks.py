@@ -38,7 +38,7 @@ def benchmark_run(args):
     features, path, cached = benchmark_features(net, bench, run_options(args))
     print(f"features: {path or 'not cached (--no-cache)'}{' (cached)' if cached else ''}, "
           f"size {features.meta['settings']['size']}, engine {features.meta['settings'].get('engine', 'torch')} "
-          f"{features.meta['settings']['precision']}", file=sys.stderr)
+          f"{features.meta['settings'].get('precision', 'fp32')}", file=sys.stderr)
     return bench, features
 
 
