@@ -43,12 +43,12 @@ from torchvision import transforms
 
 import deepret.extract as E
 from deepret.datasets import load_benchmark
+from deepret.engines import compile_network
 from deepret.extract import ExtractSettings, _collate, _Images, extract, plan_batches
 from deepret.imageio import ImageSource, image_size
 from deepret.models import create_model
 from deepret.models.backbones import OFFLINE_BACKBONES
 from deepret.pipeline import RunOptions, benchmark_features, evaluate_features
-from deepret.engines import compile_network
 from deepret.precision import resolve_precision
 from deepret.runtime import default_workers
 

@@ -10,8 +10,8 @@ cache) and evaluated. images/s counts every image of both benchmarks (database +
 extraction time of both; `x lite0` is that speed over the first model's at the same size, measured
 in the same process. The chosen default per model is the size with the best mean of the three mAPs;
 the default model is the most accurate one (mean mAP at its default size) unless it extracts under
---min-ips images/s there, then the next most accurate (the fastest when none reaches --min-ips). Results are appended to --json as they come,
-so an interrupted sweep goes on where it stopped.
+--min-ips images/s there, then the next most accurate (the fastest when none reaches --min-ips).
+Results are appended to --json as they come, so an interrupted sweep goes on where it stopped.
 """
 from __future__ import annotations
 

@@ -6,14 +6,13 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import require_data
 from PIL import Image
 
 import deepret.pipeline
 from deepret.cli import main
 from deepret.features import Features
 from deepret.models import DEFAULT_MODEL
-
-from conftest import require_data
 
 FAST = ["--size", "256", "--quiet"]
 

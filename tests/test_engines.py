@@ -3,6 +3,7 @@ import warnings
 
 import pytest
 import torch
+from conftest import require_data
 from torch import nn
 
 import deepret.engines.openvino_engine as OV
@@ -11,8 +12,6 @@ from deepret.errors import DeepretError
 from deepret.extract import ExtractSettings, extract, resolve_settings
 from deepret.models import GeM, RetrievalNet, create_model
 from deepret.precision import parse_precision, resolve_precision
-
-from conftest import require_data
 
 
 @pytest.fixture

@@ -1,14 +1,13 @@
 import numpy as np
 import pytest
 import torch
+from conftest import require_data
 from PIL import Image
 
 from deepret.errors import DeepretError
 from deepret.extract import Extraction, ExtractSettings, extract, plan_batches
 from deepret.imageio import ImageSource, image_size, open_rgb, target_shape, to_tensor
 from deepret.models import create_model, l2n
-
-from conftest import require_data
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +40,9 @@ def test_plan_batches_groups_equal_shapes_within_a_pixel_budget():
 
 def test_without_upscaling_a_small_image_keeps_its_size_at_every_scale(net, tmp_path):
     sizes = [(1024, 768), (300, 200)]
-    shapes = lambda **kw: sorted({(i, h, w) for b in plan_batches(sizes, 512, 32, 10**9, **kw) for i, h, w in b})
+    def shapes(**kw):
+        return sorted({(i, h, w) for b in plan_batches(sizes, 512, 32, 10**9, **kw) for i, h, w in b})
+
     assert shapes() == [(0, 384, 512), (1, 352, 512)]  # enlarged to the longest side 512
     assert shapes(upscale=False) == [(0, 384, 512), (1, 192, 300)]  # cirtorch's thumbnail: shrink only
     assert shapes(upscale=False, scale=2.0) == [(0, 768, 1024), (1, 384, 600)]  # then scaled, as cirtorch does

@@ -4,6 +4,7 @@ import threading
 import numpy as np
 import pytest
 import torch
+from conftest import require_data
 
 import deepret.precision as P
 from deepret.cli import main
@@ -11,8 +12,6 @@ from deepret.errors import DeepretError
 from deepret.extract import ExtractSettings, _collate, _decoded_in_thread, _Images, extract, plan_batches
 from deepret.imageio import ImageSource, image_size
 from deepret.models import create_model, gem
-
-from conftest import require_data
 
 
 @pytest.fixture

@@ -12,8 +12,14 @@ from deepret.datasets import load_benchmark
 from deepret.errors import DeepretError
 from deepret.extract import ExtractSettings
 from deepret.pipeline import RunOptions, benchmark_features
-from deepret.robustness import (TRANSFORMS, parse_transforms, robustness_study, transformed_images,
-                                transformed_queries, write_robustness_report)
+from deepret.robustness import (
+    TRANSFORMS,
+    parse_transforms,
+    robustness_study,
+    transformed_images,
+    transformed_queries,
+    write_robustness_report,
+)
 
 
 def test_transforms_change_the_image_as_named():

@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import require_data
 
 import deepret
 from deepret.cli import main
@@ -15,8 +16,6 @@ from deepret.train import TrainConfig, train_classify, train_rank
 from deepret.train.classify import Classifier
 from deepret.train.losses import contrastive_loss, triplet_loss
 from deepret.train.mining import mine_tuples
-
-from conftest import require_data
 
 MODEL = "efficientnet_lite0-gem"
 

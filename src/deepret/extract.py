@@ -1,7 +1,8 @@
 """Batched, multi-scale descriptor extraction.
 
 `extract` takes image files, their bytes or decoded PIL images (an `ImageSource`) and always returns an
-`Extraction`: the descriptors and the images that could not be decoded. Images whose resized shapes are equal are stacked into one batch (the shorter side is rounded to
+`Extraction`: the descriptors and the images that could not be decoded. Images whose resized shapes
+are equal are stacked into one batch (the shorter side is rounded to
 `round_to` pixels so that images of similar aspect ratio share a shape); a DataLoader decodes
 them in worker processes, or in a thread of this process when there are none, while the network
 runs. The network runs compiled by the settings' engine (deepret.engines: OpenVINO on the CPU, torch
@@ -14,10 +15,10 @@ from __future__ import annotations
 import queue
 import threading
 from collections import defaultdict
+from collections.abc import Iterator, Sequence
 from contextlib import closing
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -27,8 +28,16 @@ from tqdm.auto import tqdm
 from deepret.engines import Engine, compile_network
 from deepret.engines.calibration import calibration_photos
 from deepret.errors import DeepretError
-from deepret.imageio import (DEFAULT_MAX_PIXELS, BBox, ImageError, ImageInput, ImageSource, broken_images_message,
-                             target_shape, to_tensor)
+from deepret.imageio import (
+    DEFAULT_MAX_PIXELS,
+    BBox,
+    ImageError,
+    ImageInput,
+    ImageSource,
+    broken_images_message,
+    target_shape,
+    to_tensor,
+)
 from deepret.models import RetrievalNet, l2n
 from deepret.precision import parse_engine, parse_precision, resolve_engine, resolve_precision
 from deepret.runtime import default_workers, tune_allocator
@@ -64,7 +73,7 @@ class ExtractSettings:
         return {**asdict(self), "scales": list(self.scales)}
 
     @classmethod
-    def from_dict(cls, stored: dict) -> "ExtractSettings":
+    def from_dict(cls, stored: dict) -> ExtractSettings:
         """Settings read back from `to_dict`'s output; a field not stored (added to ExtractSettings
         since) has the default it had when it was written (engine: torch, the only one then)."""
         return cls(**{"engine": "torch", **stored, "scales": tuple(stored["scales"])})
@@ -278,7 +287,7 @@ def _decoded_in_thread(dataset: Dataset, batches: list, ahead: int) -> Iterator:
             for batch in batches:
                 if not put(_collate([dataset[key] for key in batch])):
                     return
-        except BaseException as exc:  # noqa: BLE001 - handed to the consuming thread
+        except BaseException as exc:
             put(exc)
             return
         put(_DONE)

@@ -12,9 +12,10 @@ from __future__ import annotations
 import io
 import os
 import warnings
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Iterator, NamedTuple, Sequence, Union
+from typing import IO, NamedTuple, Union
 
 import numpy as np
 import torch

@@ -47,9 +47,10 @@ def check_benchmark_images(bench: Benchmark, max_pixels: int | None = DEFAULT_MA
 
 
 def benchmark_features(net: RetrievalNet, bench: Benchmark,
-                       opts: RunOptions = RunOptions()) -> tuple[Features, Path | None, bool]:
+                       opts: RunOptions | None = None) -> tuple[Features, Path | None, bool]:
     """Features of `bench` under `net`: (features, their cache file or None with use_cache off,
     whether they came from the cache)."""
+    opts = opts or RunOptions()
     settings = resolve_settings(net, opts.settings, opts.device)  # size and precision made explicit
     key_settings = {**settings.to_dict(), "crop_queries": opts.crop_queries}
     path = None

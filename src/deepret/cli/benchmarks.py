@@ -107,8 +107,7 @@ def cmd_tsne(args) -> int:
 
 
 def cmd_compression(args) -> int:
-    from deepret.compression import (compression_study, default_factories, training_descriptors,
-                                     write_compression_report)
+    from deepret.compression import compression_study, default_factories, training_descriptors, write_compression_report
     from deepret.models import get_model
 
     bench, features = benchmark_run(args)

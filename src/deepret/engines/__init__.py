@@ -8,8 +8,9 @@ convert a network, `auto` falls back to torch with a one-line warning.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Protocol
 
 import torch
 

@@ -1,8 +1,8 @@
 """int8 calibration inputs built with deepret's own preprocessing (decode, resize, normalise)."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 

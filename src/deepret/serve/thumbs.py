@@ -1,6 +1,7 @@
 """Thumbnails of collection photos, made upright (EXIF) and cached on disk inside the index folder."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 from pathlib import Path
@@ -37,10 +38,8 @@ def thumbnail(photo: Path, cache_dir: Path, size: int) -> bytes:
     buf = io.BytesIO()
     im.save(buf, "JPEG", quality=85)
     data = buf.getvalue()
-    try:
+    with contextlib.suppress(OSError):  # a cache that cannot be written is only slower
         atomic_write_bytes(cached, data, fsync=False)
-    except OSError:
-        pass
     return data
 
 

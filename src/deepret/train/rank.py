@@ -18,10 +18,10 @@ from deepret.datasets import LabelledImages, rankable
 from deepret.errors import DeepretError
 from deepret.extract import ExtractSettings, extract
 from deepret.models import GeM, RetrievalNet, get_model
+from deepret.runtime import setup_device
 from deepret.train.images import TrainImages
 from deepret.train.losses import DEFAULT_MARGINS, LOSSES
 from deepret.train.mining import Tuple, mine_tuples
-from deepret.runtime import setup_device
 from deepret.train.runner import RankOptions, Run, TrainConfig, freeze_batchnorm, make_optimizer
 from deepret.whiten import fit_whitening
 

@@ -6,8 +6,9 @@ from __future__ import annotations
 import json
 import random
 import time
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import torch
@@ -19,8 +20,7 @@ from deepret.models import RetrievalNet, save
 from deepret.models.network import read_checkpoint
 from deepret.precision import autocast, prepare_input, prepare_model, resolve_precision
 from deepret.runtime import distributed
-from deepret.train.config import (MODE_DEFAULTS, ClassifyOptions, RankOptions,  # noqa: F401 (re-exported)
-                                  TrainConfig, train_config)
+from deepret.train.config import MODE_DEFAULTS, ClassifyOptions, RankOptions, TrainConfig, train_config  # noqa: F401 (re-exported)
 
 
 def freeze_batchnorm(module: nn.Module) -> None:
