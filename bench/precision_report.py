@@ -26,16 +26,16 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from extract_speed import DATA, bench_model, map_per_precision, timed  # noqa: E402
+from extract_speed import DATA, bench_model, map_per_precision, timed
 
-from deepret.augment import train_transform  # noqa: E402
-from deepret.datasets import load_benchmark, load_labelled  # noqa: E402
-from deepret.imageio import open_rgb  # noqa: E402
-from deepret.models import create_model  # noqa: E402
-from deepret.precision import autocast, prepare_input, prepare_model  # noqa: E402
-from deepret.train import TrainConfig, train_rank  # noqa: E402
-from deepret.train.losses import triplet_loss  # noqa: E402
-from deepret.train.runner import freeze_batchnorm  # noqa: E402
+from deepret.augment import train_transform
+from deepret.datasets import load_benchmark, load_labelled
+from deepret.imageio import open_rgb
+from deepret.models import create_model
+from deepret.precision import autocast, prepare_input, prepare_model
+from deepret.train import TrainConfig, train_rank
+from deepret.train.losses import triplet_loss
+from deepret.train.runner import freeze_batchnorm
 
 
 def usable(precision: str, device: torch.device) -> str | None:

@@ -54,7 +54,7 @@ def measure(backbone: str, size: int, precisions: list[str], bench, device: str)
             "map": {p: round(float(r.map), 2) for p, r in results.items()}, "seconds": round(seconds, 2),
             "min_cosine_to_fp32": round(float((vecs * ref).sum(1).min()), 5)}
     fp32 = row["precisions"]["fp32"]
-    for precision, r in row["precisions"].items():
+    for r in row["precisions"].values():
         r["time_ratio"] = round(fp32["seconds"] / r["seconds"], 2)
         r["max_map_change"] = round(max(abs(r["map"][p] - fp32["map"][p]) for p in fp32["map"]), 2)
         r["accepted"] = r["max_map_change"] <= MAP_TOLERANCE

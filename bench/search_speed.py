@@ -38,7 +38,7 @@ import faiss
 import numpy as np
 
 from deepret.extract import ExtractSettings, extract
-from deepret.index import Index, build_index
+from deepret.index import build_index
 from deepret.index.backends import FaissBackend
 from deepret.index.catalogue import Catalogue
 from deepret.models import DEFAULT_MODEL, get_model
@@ -139,7 +139,7 @@ def factories(xb, xq, exact_ids, k, n_train, rng) -> list[dict]:
         vi.add(xb, np.arange(len(xb)))
         build_s = time.perf_counter() - t
         vi.set_params(params)
-        search_s, (_, ids) = best(lambda: vi.search(xq, k), 2)
+        search_s, (_, ids) = best(lambda vi=vi: vi.search(xq, k), 2)
         recall = float(np.mean([len(set(a) & set(b)) / k for a, b in zip(ids, exact_ids)]))
         rows.append({"factory": factory, "params": params, "build_s": build_s, "bytes_per_vector": vi.bytes_per_vector(),
                      "qps": len(xq) / search_s, "recall@10": recall})
@@ -160,7 +160,7 @@ def photo_build(n_photos: int, size: int, repeat: int, tmp: Path) -> dict:
     bare, index = [], []
     for r in range(repeat):
         bare.append(best(lambda: extract(get_model(DEFAULT_MODEL), paths, settings=settings, progress=False), 1)[0])
-        index.append(best(lambda: build_index(photos, tmp / f"ix{r}", settings=settings, progress=False).close(), 1)[0])
+        index.append(best(lambda r=r: build_index(photos, tmp / f"ix{r}", settings=settings, progress=False).close(), 1)[0])
     return {"photos": len(paths), "size": size, "bare_img_s": len(paths) / min(bare),
             "index_img_s": len(paths) / min(index), "ratio": min(bare) / min(index)}
 

@@ -10,8 +10,8 @@ cache) and evaluated. images/s counts every image of both benchmarks (database +
 extraction time of both; `x lite0` is that speed over the first model's at the same size, measured
 in the same process. The chosen default per model is the size with the best mean of the three mAPs;
 the default model is the most accurate one (mean mAP at its default size) unless it extracts under
---min-ips images/s there, then the next most accurate (the fastest when none reaches --min-ips). Results are appended to --json as they come,
-so an interrupted sweep goes on where it stopped.
+--min-ips images/s there, then the next most accurate (the fastest when none reaches --min-ips).
+Results are appended to --json as they come, so an interrupted sweep goes on where it stopped.
 """
 from __future__ import annotations
 
@@ -40,8 +40,8 @@ def run_one(net, bench, size: int) -> tuple[dict[str, float], int, float]:
     q_paths = [bench.query_path(q) for q in range(len(bench.qimlist))]
     bbxs = [bench.query_bbx(q) for q in range(len(bench.qimlist))]
     t0 = time.perf_counter()
-    db = extract(net, db_paths, settings=settings, device="cpu", progress=False)
-    queries = extract(net, q_paths, bbxs, settings=settings, device="cpu", progress=False)
+    db = extract(net, db_paths, settings=settings, device="cpu", progress=False).vectors
+    queries = extract(net, q_paths, bbxs, settings=settings, device="cpu", progress=False).vectors
     seconds = time.perf_counter() - t0
     results = evaluate(db @ queries.T, bench.gnd)
     return {p: round(float(r.map), 2) for p, r in results.items()}, len(db_paths) + len(q_paths), seconds

@@ -6,14 +6,13 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import require_data
 from PIL import Image
 
 import deepret.pipeline
 from deepret.cli import main
 from deepret.features import Features
 from deepret.models import DEFAULT_MODEL
-
-from conftest import require_data
 
 FAST = ["--size", "256", "--quiet"]
 
@@ -56,7 +55,8 @@ def test_eval_prints_table_writes_json_and_figure_then_reuses_features(capsys, d
     monkeypatch.setattr(deepret.pipeline, "extract", no_extraction)
     code, out2, err2 = run(capsys, "eval", "--dataset", "oxford5k-mini", "--root", str(data_root), *FAST)
     assert code == 0 and "(cached)" in err2
-    assert out2.splitlines()[-1] == out.splitlines()[out.splitlines().index(out2.splitlines()[-1])]
+    # the same table as the first run, which went on with the `wrote` lines of --json and --figure
+    assert out2 and out == out2 + f"wrote {report}\nwrote {figure}\n"
 
 
 def test_extract_out_and_search_figure(capsys, data_root, tmp_path):
@@ -229,3 +229,85 @@ def test_eval_rerank_figure_draws_the_reranked_ranking(capsys, data_root, tmp_pa
     assert drawn["scores"] == sorted(drawn["scores"], reverse=True)
     ap = json.loads(report.read_text())["protocols"]["old"]["AP"][q]  # the re-ranked AP evaluated
     assert drawn["title"].endswith(f"AP {ap:.1f}% (old), re-ranked by {parse_rerank(spec).spec}"), drawn["title"]
+
+
+HEAVY = ("torch", "torchvision", "timm")
+
+
+@pytest.mark.fast  # a Python without torch: a fraction of a second
+@pytest.mark.parametrize("argv", [[], ["--help"], ["eval", "--help"], ["index", "build", "--help"],
+                                  ["train", "rank", "--help"], ["study", "--help"], ["serve", "--help"],
+                                  ["eval", "--dataset", "x", "--root", ".", "--size", "0"],
+                                  ["train", "classify", "--data", "x", "--out", "y", "--precision", "int8"]])
+def test_the_parser_loads_no_torch(argv):
+    code = (f"import sys\nimport deepret.cli\nassert not {{*{HEAVY!r}}} & set(sys.modules), 'on import'\n"
+            f"try:\n    deepret.cli.build_parser().parse_args({argv!r})\nexcept SystemExit:\n    pass\n"
+            f"loaded = sorted({{*{HEAVY!r}}} & set(sys.modules))\nassert not loaded, loaded\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.fast
+def test_parsed_defaults_come_without_torch():
+    code = ("import sys\nfrom deepret.cli import build_parser\n"
+            "a = build_parser().parse_args(['train', 'rank', '--data', 'd', '--out', 'o'])\n"
+            "b = build_parser().parse_args(['eval', '--dataset', 'x', '--root', '.'])\n"
+            "print(a.lr, a.batch_size, a.size, a.precision, a.loss, b.model, b.precision, b.max_pixels)\n"
+            f"assert not {{*{HEAVY!r}}} & set(sys.modules)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["1e-06", "4", "362", "fp32", "triplet", DEFAULT_MODEL, "auto", "None"]
+
+
+@pytest.mark.fast
+def test_module_help_and_argument_errors_load_no_torch():
+    probe = ("import runpy, sys\nsys.argv = ['deepret', *sys.argv[1:]]\n"
+             "try:\n    runpy.run_module('deepret', run_name='__main__')\n"
+             "except SystemExit as exc:\n    code = exc.code\n"
+             f"loaded = sorted({{*{HEAVY!r}}} & set(sys.modules))\n"
+             "print('loaded', loaded, 'exit', code, file=sys.stderr)\nsys.exit(1 if loaded else 0)\n")
+    for argv, status in ((["--help"], 0), (["index", "search", "--help"], 0), (["eval", "--topk", "1"], 2),
+                         (["download", "nope", "--root", "."], 2)):
+        done = subprocess.run([sys.executable, "-c", probe, *argv], capture_output=True, text=True)
+        assert done.returncode == 0 and f"exit {status}" in done.stderr, (argv, done.stderr)
+    done = subprocess.run([sys.executable, "-m", "deepret", "--help"], capture_output=True, text=True)
+    assert done.returncode == 0 and "index a folder of photos" in done.stdout
+
+
+def test_every_benchmark_command_takes_max_pixels():
+    from deepret.cli import build_parser
+
+    parser = build_parser()
+    for command in ("extract", "eval", "tsne", "compression", "robustness"):
+        extra = ["--out", "o"] if command in ("tsne", "compression", "robustness") else []
+        args = parser.parse_args([command, "--dataset", "x", "--root", ".", "--max-pixels", "5", *extra])
+        assert args.max_pixels == 5 and args.quiet is False and args.device is None, command
+    args = parser.parse_args(["index", "build", "p", "--index", "i", "--max-pixels", "7", "--quiet"])
+    assert (args.max_pixels, args.quiet, args.scales, args.precision) == (7, True, (1.0,), "auto")
+
+
+@pytest.mark.fast  # create_model is only looked up, not called
+def test_the_version_is_pyprojects_and_the_lazy_names_resolve():
+    import tomllib
+    from pathlib import Path
+
+    import deepret
+    import deepret.models
+    import deepret.study
+    import deepret.train
+    from deepret.version import __version__
+
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    assert deepret.__version__ == __version__ == pyproject["project"]["version"]
+    from deepret.models import create_model, list_models
+    from deepret.train import TrainConfig, train_rank
+    from deepret.train.losses import DEFAULT_MARGINS
+    from deepret.train.runner import RankOptions
+
+    assert callable(create_model) and callable(train_rank) and callable(deepret.study.run_study)
+    assert deepret.load.__module__ == "deepret" and deepret.models.network.load is deepret.models.load
+    assert TrainConfig is deepret.train.runner.TrainConfig and RankOptions().loss in DEFAULT_MARGINS
+    assert {r["name"] for r in list_models()} >= {"efficientnet_lite0-gem"}
+    assert "create_model" in dir(deepret.models) and "train_rank" in deepret.train.__all__
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        deepret.models.nope  # noqa: B018

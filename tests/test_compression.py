@@ -6,8 +6,7 @@ import json
 import numpy as np
 from PIL import Image
 
-from deepret.compression import (code_bytes, compression_study, default_factories,
-                                 write_compression_report)
+from deepret.compression import code_bytes, compression_study, default_factories, write_compression_report
 from deepret.evaluate import evaluate
 from deepret.search import similarities
 from deepret.vectors import VectorIndex

@@ -8,12 +8,12 @@ import re
 from pathlib import Path
 
 import pytest
+from conftest import require_data
 
 from deepret.datasets import BUILTIN_DATASETS, Benchmark, convert_gt, load_benchmark, write_gnd
 from deepret.datasets.sources import KNOWN_SHA256
 from deepret.errors import DeepretError
 
-from conftest import require_data
 
 @pytest.fixture
 def data() -> Path:

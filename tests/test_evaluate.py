@@ -5,6 +5,7 @@ import pickle
 
 import numpy as np
 import pytest
+from conftest import require_data
 
 from deepret.errors import DeepretError
 from deepret.evaluate import (
@@ -19,8 +20,6 @@ from deepret.evaluate import (
     rank,
     results_to_json,
 )
-
-from conftest import require_data
 
 DATASETS = ["oxford5k", "paris6k", "roxford5k", "rparis6k", "oxford5k-mini"]
 

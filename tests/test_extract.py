@@ -1,14 +1,13 @@
 import numpy as np
 import pytest
 import torch
+from conftest import require_data
 from PIL import Image
 
 from deepret.errors import DeepretError
-from deepret.extract import ExtractSettings, extract, plan_batches
-from deepret.imageio import image_size, open_rgb, target_shape, to_tensor
+from deepret.extract import Extraction, ExtractSettings, extract, plan_batches
+from deepret.imageio import ImageSource, image_size, open_rgb, target_shape, to_tensor
 from deepret.models import create_model, l2n
-
-from conftest import require_data
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +40,9 @@ def test_plan_batches_groups_equal_shapes_within_a_pixel_budget():
 
 def test_without_upscaling_a_small_image_keeps_its_size_at_every_scale(net, tmp_path):
     sizes = [(1024, 768), (300, 200)]
-    shapes = lambda **kw: sorted({(i, h, w) for b in plan_batches(sizes, 512, 32, 10**9, **kw) for i, h, w in b})
+    def shapes(**kw):
+        return sorted({(i, h, w) for b in plan_batches(sizes, 512, 32, 10**9, **kw) for i, h, w in b})
+
     assert shapes() == [(0, 384, 512), (1, 352, 512)]  # enlarged to the longest side 512
     assert shapes(upscale=False) == [(0, 384, 512), (1, 192, 300)]  # cirtorch's thumbnail: shrink only
     assert shapes(upscale=False, scale=2.0) == [(0, 768, 1024), (1, 384, 600)]  # then scaled, as cirtorch does
@@ -49,9 +50,10 @@ def test_without_upscaling_a_small_image_keeps_its_size_at_every_scale(net, tmp_
     with Image.open(photo) as im:
         im.convert("RGB").resize((300, 225)).save(tmp_path / "small.jpg", quality=95)
     small = [tmp_path / "small.jpg"]
-    native = extract(net, small, settings=ExtractSettings(size=300, precision="fp32"), progress=False)
-    kept = extract(net, small, settings=ExtractSettings(size=512, upscale=False, precision="fp32"), progress=False)
-    enlarged = extract(net, small, settings=ExtractSettings(size=512, precision="fp32"), progress=False)
+    native = extract(net, small, settings=ExtractSettings(size=300, precision="fp32"), progress=False).vectors
+    kept = extract(net, small, settings=ExtractSettings(size=512, upscale=False, precision="fp32"),
+                   progress=False).vectors
+    enlarged = extract(net, small, settings=ExtractSettings(size=512, precision="fp32"), progress=False).vectors
     np.testing.assert_array_equal(kept, native)
     assert not np.allclose(enlarged, native, atol=1e-4)
     assert ExtractSettings(upscale=False).to_dict() != ExtractSettings().to_dict()  # part of the cache key
@@ -59,8 +61,8 @@ def test_without_upscaling_a_small_image_keeps_its_size_at_every_scale(net, tmp_
 
 def test_batched_extraction_equals_one_image_per_forward(net, photos):
     settings = ExtractSettings(size=256)
-    batched = extract(net, photos, settings=settings, workers=2, progress=False)
-    single = extract(net, photos, settings=settings, workers=0, max_batch_pixels=1, progress=False)
+    batched = extract(net, photos, settings=settings, workers=2, progress=False).vectors
+    single = extract(net, photos, settings=settings, workers=0, max_batch_pixels=1, progress=False).vectors
     assert batched.shape == (6, 512) and batched.dtype == np.float32
     np.testing.assert_allclose(batched, single, atol=1e-5)
     np.testing.assert_allclose(np.linalg.norm(batched, axis=1), 1, atol=1e-5)
@@ -76,7 +78,8 @@ def _by_hand(net, path, size, flip=False):
 
 
 def test_multiscale_is_the_gem_power_mean_of_the_scales(net, photos):
-    got = extract(net, photos[:2], settings=ExtractSettings(size=256, scales=(1.0, 0.5)), workers=0, progress=False)
+    got = extract(net, photos[:2], settings=ExtractSettings(size=256, scales=(1.0, 0.5), precision="fp32"), workers=0,
+                  progress=False).vectors  # fp32, as by hand (auto may mean bf16 on this CPU)
     p = net.gem_p()
     for i, path in enumerate(photos[:2]):
         v = (_by_hand(net, path, 256).double().pow(p) + _by_hand(net, path, 128).double().pow(p)) / 2
@@ -84,9 +87,11 @@ def test_multiscale_is_the_gem_power_mean_of_the_scales(net, photos):
 
 
 def test_flip_averages_the_mirrored_image(net, photos):
-    got = extract(net, photos[:1], settings=ExtractSettings(size=192, flip=True), workers=0, progress=False)
+    got = extract(net, photos[:1], settings=ExtractSettings(size=192, flip=True, precision="fp32"), workers=0,
+                  progress=False).vectors
     np.testing.assert_allclose(got[0], _by_hand(net, photos[0], 192, flip=True)[0].numpy(), atol=1e-5)
-    plain = extract(net, photos[:1], settings=ExtractSettings(size=192), workers=0, progress=False)
+    plain = extract(net, photos[:1], settings=ExtractSettings(size=192, precision="fp32"), workers=0,
+                    progress=False).vectors
     assert not np.allclose(got, plain, atol=1e-3)
 
 
@@ -94,8 +99,9 @@ def test_query_bbx_crops_before_resizing(net, photos, tmp_path):
     bbx = (100.5, 50, 400, 300)
     crop = tmp_path / "crop.png"
     Image.open(photos[0]).convert("RGB").crop((100, 50, 400, 300)).save(crop)
-    with_bbx = extract(net, photos[:1], [bbx], settings=ExtractSettings(size=160), workers=0, progress=False)
-    cropped = extract(net, [crop], settings=ExtractSettings(size=160), workers=0, progress=False)
+    with_bbx = extract(net, photos[:1], [bbx], settings=ExtractSettings(size=160), workers=0,
+                       progress=False).vectors
+    cropped = extract(net, [crop], settings=ExtractSettings(size=160), workers=0, progress=False).vectors
     np.testing.assert_allclose(with_bbx, cropped, atol=1e-5)
 
 
@@ -203,3 +209,72 @@ def test_pixel_limit_of_a_benchmark_run_is_a_parameter(net, tmp_path):
     opts.max_pixels = 160 * 120
     features, _, _ = benchmark_features(net, bench, opts)
     assert features.db.shape == (2, net.dim) and features.queries.shape == (1, net.dim)
+
+
+def _rotated_with_exif(photo, path, size=None):
+    """`photo`'s pixels turned 90 degrees and tagged EXIF orientation 6: upright, it is the photo."""
+    im = Image.open(photo).convert("RGB")
+    if size is not None:
+        im = im.resize(size)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    im.transpose(Image.Transpose.ROTATE_90).save(path, quality=92, exif=exif)
+    return path
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_pil_images_and_bytes_give_their_files_descriptors(net, photos, tmp_path, workers):
+    rotated = _rotated_with_exif(photos[0], tmp_path / "rotated.jpg")
+    png = tmp_path / "photo.png"
+    Image.open(photos[1]).convert("RGB").save(png)
+    paths = [photos[2], photos[3], rotated, png]
+    boxes = [None, (30, 40.5, 300, 250), (10, 10, 200, 300), None]
+    # multi-scale: the JPEG decoder scales down by a different power of two at each scale
+    settings = ExtractSettings(size=240, scales=(1.0, 0.5), precision="fp32")
+    common = dict(settings=settings, workers=workers, progress=False, upright=True)
+    files = extract(net, paths, boxes, **common)
+    opened = [Image.open(p) for p in paths]  # not decoded yet: decoded from their files' bytes
+    as_bytes = [p.read_bytes() for p in paths]
+    loaded = Image.open(png)
+    loaded.load()  # decoded: used as its pixels (a PNG: the same pixels as its file)
+    made = Image.open(png).convert("RGB")
+    mixed = [opened[0], as_bytes[1], opened[2], made]
+    for images in (opened, as_bytes, mixed):
+        got = extract(net, images, boxes, **common)
+        assert isinstance(got, Extraction) and got.failed == {}
+        np.testing.assert_array_equal(got.vectors, files.vectors)
+    np.testing.assert_array_equal(extract(net, [loaded], **common).vectors, extract(net, [png], **common).vectors)
+    assert opened[1].size == Image.open(paths[1]).size  # the caller's image is left as it was
+
+
+def test_a_loaded_image_is_turned_upright_by_its_own_exif(net, photos, tmp_path):
+    rotated = _rotated_with_exif(photos[0], tmp_path / "rotated.jpg", size=(200, 150))  # too small to draft
+    loaded = Image.open(rotated)
+    loaded.load()
+    assert loaded.size == (150, 200) and ImageSource([loaded], upright=True).size(0) == (200, 150)
+    settings = ExtractSettings(size=192, precision="fp32")
+    for upright in (True, False):
+        got = extract(net, [loaded], settings=settings, workers=0, progress=False, upright=upright)
+        np.testing.assert_array_equal(got.vectors, extract(net, [rotated], settings=settings, workers=0,
+                                                           progress=False, upright=upright).vectors)
+    upright, raw = (extract(net, [loaded], settings=settings, workers=0, progress=False, upright=u).vectors
+                    for u in (True, False))
+    assert not np.allclose(upright, raw, atol=1e-3)
+
+
+def test_broken_in_memory_images_are_named_by_their_index(net, photos):
+    big = Image.new("RGB", (1200, 1000))  # the photos have at most 1024 x 1024 pixels
+    images = [photos[0], b"\xff\xd8 not a jpeg", big]
+    got = extract(net, images, settings=ExtractSettings(size=64), workers=0, progress=False, on_error="skip",
+                  max_pixels=1_100_000)
+    assert sorted(got.failed) == [1, 2]
+    assert "corrupt" in got.failed[1] and "above the limit" in got.failed[2]
+    assert np.all(got.vectors[[1, 2]] == 0) and got.described().shape == (1, net.dim)
+    with pytest.raises(DeepretError) as err:
+        extract(net, images, settings=ExtractSettings(size=64), workers=0, progress=False, max_pixels=1_100_000)
+    assert "#1 (in memory) is corrupt" in str(err.value) and "#2 (in memory) has 1200x1000" in str(err.value)
+    source = ImageSource(images, max_pixels=1_100_000)
+    with pytest.raises(ValueError, match="its own boxes"):
+        extract(net, source, [None] * 3, progress=False)
+    assert extract(net, source, settings=ExtractSettings(size=64), workers=0, progress=False,
+                   on_error="skip").failed.keys() == {1, 2}

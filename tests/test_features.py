@@ -8,6 +8,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from conftest import require_data
 from PIL import Image
 
 import deepret.features
@@ -16,8 +17,6 @@ from deepret.datasets import load_benchmark
 from deepret.extract import ExtractSettings
 from deepret.models import create_model
 from deepret.pipeline import RunOptions, benchmark_features
-
-from conftest import require_data
 
 NAMES = ["all_souls_000013", "all_souls_000026", "ashmolean_000000"]
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import require_data
 from PIL import Image
 
 import deepret.index.build as build_mod
@@ -22,8 +23,6 @@ from deepret.cli import main
 from deepret.errors import DeepretError
 from deepret.extract import ExtractSettings
 from deepret.index import Index, build_index, scan
-
-from conftest import require_data
 
 SETTINGS = ExtractSettings(size=256)
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -123,9 +122,9 @@ def test_a_bf16_index_is_queried_updated_and_resumed_in_fp32_where_bf16_is_slow(
     (tmp_path / "photos").mkdir()
     for p in photos[:3]:
         shutil.copy(p, tmp_path / "photos" / p.name)
-    lite0 = dict(model="efficientnet_lite0-gem", progress=False)
+    lite0 = dict(model="efficientnet_lite0-gem", progress=False)  # torch: its bf16 autocast is what REDUCED_OK measured
     monkeypatch.setattr(P, "cpu_has_fast", lambda p: p == "bf16")  # the machine that builds it
-    index = build_index(tmp_path / "photos", tmp_path / "ix", settings=ExtractSettings(size=128), **lite0)
+    index = build_index(tmp_path / "photos", tmp_path / "ix", settings=ExtractSettings(size=128, engine="torch"), **lite0)
     assert index.settings.precision == "bf16" == index.run_settings(index.load_model()).precision
     index.close()
     monkeypatch.setattr(P, "cpu_has_fast", lambda p: p == "fp32")  # another machine: no bf16 instructions
@@ -138,11 +137,11 @@ def test_a_bf16_index_is_queried_updated_and_resumed_in_fp32_where_bf16_is_slow(
         assert index.update().added == 1
         assert index.search(photos[3]).hits[0].path == photos[3].name
     # a build begun in bf16 goes on in fp32 (both within the tolerance for Lite0) ...
-    build_index(tmp_path / "photos", tmp_path / "ix", settings=ExtractSettings(size=128), **lite0).close()
+    build_index(tmp_path / "photos", tmp_path / "ix", settings=ExtractSettings(size=128, engine="torch"), **lite0).close()
     # ... but not for a network whose table does not accept bf16
     monkeypatch.setitem(P.REDUCED_OK, "efficientnet_lite0", ())
     with pytest.raises(DeepretError, match="settings"):
-        build_index(tmp_path / "photos", tmp_path / "ix", settings=ExtractSettings(size=128), **lite0)
+        build_index(tmp_path / "photos", tmp_path / "ix", settings=ExtractSettings(size=128, engine="torch"), **lite0)
     with Index.open(tmp_path / "ix") as index:  # not interchangeable: stays in the stored bf16
         assert index.run_settings(index.load_model()).precision == "bf16"
 
@@ -215,16 +214,55 @@ def test_add_files_update_and_removal(built, tmp_path):
     assert all(h.path != "sub/new one.jpg" for h in index.search_vector(index.vectors()[1][0], k=10).hits)
 
 
-def test_cli_build_info_search(built, tmp_path, capsys):
-    base, index, _ = built
-    query = index.path_of(int(index.vectors()[0][2]))
-    assert main(["index", "search", "--index", str(base / "ix"), str(query), "--topk", "3", "--json",
-                 str(tmp_path / "r.json"), "--figure", str(tmp_path / "grid.png")]) == 0
+MAGENTA = (255, 0, 255)
+
+
+def _phone_photo(photo: Path, path: Path) -> tuple[int, int]:
+    """A 400x300 grey photo with a magenta patch at (40, 30)-(120, 90) when upright, stored as a phone
+    does: the pixels turned 90 degrees and tagged EXIF orientation 6. Its upright size."""
+    upright = Image.open(photo).convert("L").convert("RGB").resize((400, 300))
+    upright.paste(MAGENTA, (40, 30, 120, 90))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    upright.transpose(Image.Transpose.ROTATE_90).save(path, quality=95, exif=exif)
+    return upright.size
+
+
+def _where(pixels: np.ndarray, mask: np.ndarray) -> tuple[int, int, int, int]:
+    """x1, y1, x2, y2 of the pixels of `mask`."""
+    ys, xs = np.nonzero(mask)
+    assert len(xs) > 50, "colour not found in the query panel"
+    return xs.min(), ys.min(), xs.max(), ys.max()
+
+
+def test_cli_build_info_search(tmp_path, capsys):
+    photos = tmp_path / "photos"
+    make_collection(photos, n=4)
+    assert _phone_photo(sorted(require_data("rparis6k-mini", "jpg").glob("*.jpg"))[5], photos / "phone.jpg") == (400, 300)
+    ix = tmp_path / "ix"
+    assert main(["index", "build", str(photos), "--index", str(ix), "--size", "256", "--workers", "0", "--quiet"]) == 0
+    assert "5 images indexed" in capsys.readouterr().out
+    assert main(["index", "info", "--index", str(ix), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["images"] == 5
+    box = (20, 15, 200, 150)  # upright pixels, around the magenta patch
+    assert main(["index", "search", "--index", str(ix), str(photos / "phone.jpg"), "--box", ",".join(map(str, box)),
+                 "--topk", "3", "--json", str(tmp_path / "r.json"), "--figure", str(tmp_path / "grid.png")]) == 0
     out = json.loads((tmp_path / "r.json").read_text())
-    assert len(out["hits"]) == 3 and out["hits"][0]["path"] == query.relative_to(index.root).as_posix()
-    assert Image.open(tmp_path / "grid.png").format == "PNG"
-    assert main(["index", "info", "--index", str(base / "ix"), "--json"]) == 0
-    assert json.loads(capsys.readouterr().out.split("wrote")[-1].split("\n", 1)[1])["images"] == 10
+    assert len(out["hits"]) == 3 and "phone.jpg" in [h["path"] for h in out["hits"]] and out["box"] == list(box)
+    # the query panel (topk_figure: thumb 256, border 8, gap 12, title 44): the upright 400x300 photo
+    # shrinks to 256x192 (scale 0.64), framed by 8 px, at the bottom of its 272 px square cell
+    with Image.open(tmp_path / "grid.png") as im:
+        pixels = np.asarray(im.convert("RGB"), dtype=int)
+    x0, y0, s = 12 + 8, 44 + 272 - 8 - 192, 0.64
+    cell = pixels[44:44 + 272, 12:12 + 272]
+    assert (cell[:272 - 208 - 4] < 240).any(axis=-1).mean() < 0.01  # above a landscape photo: white
+    pixels[:, 12 + 272:] = 255  # the results (the photo is one of them) left out
+    r, g, b = pixels[..., 0], pixels[..., 1], pixels[..., 2]
+    patch = _where(pixels, (r > 180) & (g < 90) & (b > 180))
+    expected = (x0 + 40 * s, y0 + 30 * s, x0 + 120 * s, y0 + 90 * s)
+    assert np.allclose(patch, expected, atol=5), (patch, expected)  # the patch where it is upright
+    drawn = _where(pixels, (r > 200) & (g > 170) & (b < 90))  # BBX_COLOUR: the box drawn on the query
+    assert np.allclose(drawn, (x0 + box[0] * s, y0 + box[1] * s, x0 + box[2] * s, y0 + box[3] * s), atol=5), drawn
     assert main(["index", "info", "--index", str(tmp_path / "nothing")]) == 2
     assert "not a deepret index" in capsys.readouterr().err
 
@@ -340,7 +378,7 @@ def test_update_killed_at_random_moments_and_a_concurrent_reader(built, tmp_path
                     result = index.search_vector(v, k=20)
                     assert result.total in (10, 11) and len(result.hits) in (10, 11), result
                     reads.append(result.total)
-                except Exception as exc:  # noqa: BLE001 - reported below
+                except Exception as exc:
                     errors.append(repr(exc))
                 time.sleep(0.02)
 

@@ -7,8 +7,8 @@ import pytest
 
 from deepret.errors import DeepretError
 from deepret.index.backends import REBUILD_FRACTION, FaissBackend
-from deepret.index.catalogue import Catalogue
 from deepret.index.build import _check_trainable, record
+from deepret.index.catalogue import Catalogue
 from deepret.index.parts import PARTS, merge_parts, open_part
 
 DIM = 32

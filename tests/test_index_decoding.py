@@ -4,14 +4,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import require_data
 from PIL import Image
 
 from deepret.errors import DeepretError
 from deepret.extract import ExtractSettings, extract
 from deepret.imageio import ImageError, image_size, open_rgb
 from deepret.models import create_model
-
-from conftest import require_data
 
 
 def _photo(tmp_path):
@@ -110,22 +109,23 @@ def test_extract_raises_once_listing_every_broken_file(zoo, tiny_net):
 def test_extract_skip_returns_failures_with_reasons(zoo, tiny_net, workers):
     folder, broken, valid = zoo
     paths = [folder / n for n in sorted([*broken, *valid])]
-    v, failures = extract(tiny_net, paths, settings=ExtractSettings(size=64), workers=workers, progress=False,
-                          on_error="skip", upright=True)
+    found = extract(tiny_net, paths, settings=ExtractSettings(size=64), workers=workers, progress=False,
+                    on_error="skip", upright=True)
+    v, failures = found.vectors, found.failed
     assert {paths[i].name for i in failures} == set(broken)
     for i, reason in failures.items():
         assert broken[paths[i].name] in reason
     norms = np.linalg.norm(v, axis=1)
     assert np.allclose(norms[[i for i in range(len(paths)) if i not in failures]], 1, atol=1e-4)
     assert np.all(norms[sorted(failures)] == 0)
-    alone, none_failed = extract(tiny_net, [folder / "full.jpg"], settings=ExtractSettings(size=64), workers=0,
-                                 progress=False, on_error="skip")
-    assert none_failed == {} and np.allclose(alone[0], v[paths.index(folder / "full.jpg")], atol=1e-5)
+    alone = extract(tiny_net, [folder / "full.jpg"], settings=ExtractSettings(size=64), workers=0, progress=False,
+                    on_error="skip")
+    assert alone.failed == {} and np.allclose(alone.vectors[0], v[paths.index(folder / "full.jpg")], atol=1e-5)
 
 
 def test_awkward_files_are_indexed_end_to_end_and_broken_ones_listed(zoo, tmp_path):
-    from deepret.index import build_index
     from deepret.imageio import PHOTO_SUFFIXES
+    from deepret.index import build_index
 
     folder, broken, valid = zoo
     with build_index(folder, tmp_path / "ix", model="resnet18-gem", weights="random",

@@ -5,12 +5,11 @@ import shutil
 
 import numpy as np
 import pytest
+from conftest import require_data
 
 from deepret.errors import DeepretError
 from deepret.extract import ExtractSettings
 from deepret.index import build_index
-
-from conftest import require_data
 
 pytest.importorskip("pymilvus")
 pytest.importorskip("milvus_lite")

@@ -7,14 +7,13 @@ import threading
 
 import numpy as np
 import pytest
+from conftest import require_data
 
 from deepret.errors import DeepretError
 from deepret.extract import ExtractSettings
 from deepret.index import Index, build_index
 from deepret.index.reranking import IndexReranking
 from deepret.rerank import Reranker, parse_rerank
-
-from conftest import require_data
 
 
 @pytest.fixture(scope="module")

@@ -7,11 +7,10 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from conftest import require_data
 
 from deepret.extract import ExtractSettings
 from deepret.index import Index, build_index
-
-from conftest import require_data
 
 
 def test_torchrun_two_cpu_ranks_build_the_same_index(tmp_path):

@@ -4,9 +4,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from conftest import require_data
 from PIL import Image
 
-from conftest import require_data
 from deepret.datasets.labelled import LabelledImages, load_labelled, rankable, split
 from deepret.errors import DeepretError
 
@@ -72,7 +72,7 @@ def test_folder_layout_suffixes_case_insensitive(tmp_path):
 def test_gld_csv_layouts_and_list_file_agree(gld):
     train = load_labelled(gld / "train" / "train.csv")
     clean = load_labelled(gld / "train" / "train_clean.csv")
-    expected = {(i, lm) for i, lm in GLD.items()}
+    expected = set(GLD.items())
     assert _pairs(train) == _pairs(clean) == expected
     assert train.classes == clean.classes == ["3", "7", "12"]  # numeric ids sort numerically
     assert train.paths[0] == gld / "train" / "0" / "a" / "1" / "0a1b2c3d4e5f6071.jpg"

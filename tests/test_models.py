@@ -3,6 +3,7 @@ import urllib.error
 import pytest
 import torch
 import torchvision
+from conftest import require_data
 
 import deepret
 from deepret.errors import DeepretError
@@ -10,8 +11,6 @@ from deepret.imageio import open_rgb, to_tensor
 from deepret.models import create_model, get_model, list_models, save
 from deepret.models.backbones import build_backbone
 from deepret.models.weights import hub_checkpoint_path
-
-from conftest import require_data
 
 PALACE, SUSPENSION_BRIDGE, PIER = 698, 839, 718
 

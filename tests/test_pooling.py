@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from deepret.models import GeM, MAC, SPoC, gem, l2n, mac, spoc
+from deepret.models import MAC, GeM, SPoC, gem, l2n, mac, spoc
 
 
 @pytest.fixture

@@ -4,15 +4,14 @@ import threading
 import numpy as np
 import pytest
 import torch
+from conftest import require_data
 
 import deepret.precision as P
 from deepret.cli import main
 from deepret.errors import DeepretError
 from deepret.extract import ExtractSettings, _collate, _decoded_in_thread, _Images, extract, plan_batches
-from deepret.imageio import image_size
+from deepret.imageio import ImageSource, image_size
 from deepret.models import create_model, gem
-
-from conftest import require_data
 
 
 @pytest.fixture
@@ -83,17 +82,17 @@ def test_gem_and_l2n_stay_fp32_under_autocast():
 
 
 def test_reduced_precision_descriptors_match_fp32(lite0, photos):
-    ref = extract(lite0, photos, settings=ExtractSettings(size=256, precision="fp32"), workers=0, progress=False)
+    ref = extract(lite0, photos, settings=ExtractSettings(size=256, precision="fp32"), workers=0, progress=False).vectors
     for precision in ("bf16", "fp16"):
         got = extract(lite0, photos, settings=ExtractSettings(size=256, precision=precision), workers=0,
-                      progress=False)
+                      progress=False).vectors
         assert got.dtype == np.float32
         cosines = (got * ref).sum(1)
         assert cosines.min() >= 0.99 and not np.allclose(got, ref, atol=1e-7), (precision, cosines)
 
 
 def test_decoding_thread_gives_the_plain_batches(lite0, photos):
-    dataset = _Images(photos, [None] * len(photos), lite0.meta["input"]["mean"], lite0.meta["input"]["std"])
+    dataset = _Images(ImageSource(photos), lite0.meta["input"]["mean"], lite0.meta["input"]["std"])
     batches = plan_batches([image_size(p) for p in photos], 160, 32, 160 * 160 * 2)
     plain = [_collate([dataset[key] for key in batch]) for batch in batches]
     threaded = list(_decoded_in_thread(dataset, batches, ahead=1))

@@ -1,12 +1,11 @@
 """Real photos, real weights: a broken weight mapping or input normalisation cannot pass."""
 import torch
+from conftest import require_data
 
 from deepret.datasets import load_benchmark
 from deepret.extract import ExtractSettings
 from deepret.models import DEFAULT_MODEL, create_model
 from deepret.pipeline import RunOptions, benchmark_features, evaluate_features
-
-from conftest import require_data
 
 
 def _map(net, size: int | None = 512) -> float:

@@ -12,9 +12,14 @@ from deepret.datasets import load_benchmark
 from deepret.errors import DeepretError
 from deepret.extract import ExtractSettings
 from deepret.pipeline import RunOptions, benchmark_features
-import deepret.robustness as robustness
-from deepret.robustness import (TRANSFORMS, parse_transforms, robustness_study, transformed_queries,
-                                write_robustness_report)
+from deepret.robustness import (
+    TRANSFORMS,
+    parse_transforms,
+    robustness_study,
+    transformed_images,
+    transformed_queries,
+    write_robustness_report,
+)
 
 
 def test_transforms_change_the_image_as_named():
@@ -57,23 +62,28 @@ def test_small_run_on_oxford5k_mini(data_root, lite0, tmp_path):
 
 
 @pytest.mark.parametrize("crop", [True, False])
-def test_queries_are_cropped_only_when_asked(data_root, tmp_path, monkeypatch, crop):
+def test_queries_are_cropped_only_when_asked(data_root, crop):
     from deepret.imageio import image_size
 
     bench = load_benchmark("oxford5k-mini", data_root)
-    seen = []
-
-    def sizes(net, paths, **kwargs):  # stands in for the network: notes the sizes of the images it gets
-        for p in paths:
-            with Image.open(p) as im:
-                seen.append(im.size)
-        return np.zeros((len(paths), 4), dtype=np.float32)
-
-    monkeypatch.setattr(robustness, "extract", sizes)
     opts = RunOptions(ExtractSettings(size=96), crop_queries=crop, progress=False, workers=0)
-    transformed_queries(None, bench, "original", opts.settings, opts, tmp_path)
+    seen = [im.size for im in transformed_images(bench, "original", opts)]
     paths = [bench.query_path(q) for q in range(len(bench.qimlist))]
     whole = [image_size(p) for p in paths]
     cropped = [image_size(p, bench.query_bbx(q)) for q, p in enumerate(paths)]
     assert seen == (cropped if crop else whole)
     assert cropped != whole  # the boxes do crop: the two cases differ
+
+
+def test_in_memory_queries_give_the_descriptors_of_their_lossless_files(data_root, lite0, tmp_path):
+    """The transformed queries are described in memory: the same vectors as once through PNG files."""
+    from deepret.extract import extract
+
+    bench = load_benchmark("oxford5k-mini", data_root)
+    opts = RunOptions(ExtractSettings(size=96, precision="fp32"), progress=False, workers=0)
+    images = transformed_images(bench, "rotate 90", opts)[:4]
+    for q, im in enumerate(images):
+        im.save(tmp_path / f"{q}.png", compress_level=1)
+    got = transformed_queries(lite0, images, "rotate 90", opts.settings, opts)
+    files = extract(lite0, [tmp_path / f"{q}.png" for q in range(4)], settings=opts.settings, workers=0, progress=False)
+    np.testing.assert_array_equal(got, files.vectors)

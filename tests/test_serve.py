@@ -4,7 +4,6 @@ path traversal. Browser and real-socket tests: test_serve_browser.py."""
 from __future__ import annotations
 
 import io
-import os
 import struct
 import time
 import zlib
@@ -14,11 +13,11 @@ import pytest
 from PIL import Image
 
 pytest.importorskip("fastapi")
-from fastapi.testclient import TestClient  # noqa: E402
+import serve_collection
+from fastapi.testclient import TestClient
 
-import serve_collection  # noqa: E402
-from deepret.serve import create_app  # noqa: E402
-from deepret.serve.server import exposure_warning  # noqa: E402
+from deepret.serve import create_app
+from deepret.serve.server import exposure_warning
 
 MAX_UPLOAD = 2 * 1024 * 1024  # small, so that the oversize test sends little
 

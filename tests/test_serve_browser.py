@@ -6,6 +6,7 @@ Needs Debian's chromium + chromium-driver and selenium for the page test (skips 
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -22,7 +23,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-
 import serve_collection
 from test_report_browser import _browser
 
@@ -193,7 +193,7 @@ def test_the_rerank_toggles_change_the_grid(server):
         plain = grid(browser)
         for toggle, spec in (("qe", "alpha-qe"), ("diffusion", "alpha-qe+diffusion")):
             browser.find_element(By.ID, toggle).click()
-            wait.until(lambda b: f"re-ranked ({spec})" in b.find_element(By.ID, "status").text, _state(browser))
+            wait.until(lambda b, spec=spec: f"re-ranked ({spec})" in b.find_element(By.ID, "status").text, _state(browser))
             assert grid(browser) != plain, spec
     finally:
         browser.quit()
@@ -281,7 +281,5 @@ def test_a_server_killed_while_adding_an_upload_leaves_a_readable_index(server, 
 
 
 def _swallow(call):
-    try:
+    with contextlib.suppress(OSError, urllib.error.URLError, ValueError):
         call()
-    except (OSError, urllib.error.URLError, ValueError):
-        pass

@@ -8,12 +8,11 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+from conftest import require_data
 
 from deepret.errors import DeepretError
 from deepret.study import StudyConfig, add_arguments, config_from_args, load_config, run_study
 from deepret.study.steps import STEP_BY_ID, choose_network
-
-from conftest import require_data
 
 
 def test_yaml_then_flags_override(tmp_path):

@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import require_data
 
 import deepret
 from deepret.cli import main
@@ -15,8 +16,6 @@ from deepret.train import TrainConfig, train_classify, train_rank
 from deepret.train.classify import Classifier
 from deepret.train.losses import contrastive_loss, triplet_loss
 from deepret.train.mining import mine_tuples
-
-from conftest import require_data
 
 MODEL = "efficientnet_lite0-gem"
 
@@ -185,7 +184,7 @@ def test_whitening_of_real_descriptors(landmarks):
     pooled = net.meta["whitening"]
     assert pooled["dim_out"] == 12
     net_copy_pooled = create_model(MODEL)
-    X = extract(net_copy_pooled, landmarks.paths, settings=ExtractSettings(size=96), progress=False)
+    X = extract(net_copy_pooled, landmarks.paths, settings=ExtractSettings(size=96), progress=False).vectors
     Y = (X - X.mean(0)) @ net.whiten.weight.detach().numpy().T
     np.testing.assert_allclose(np.cov(Y.T), np.eye(12), atol=1e-3)
 
@@ -200,7 +199,7 @@ def test_whiten_command_learns_in_the_precision_it_is_given(landmarks, tmp_path,
     off = {}
     for precision in ("bf16", "fp32"):
         X = extract(create_model(MODEL), landmarks.paths, settings=ExtractSettings(size=96, precision=precision),
-                    progress=False)
+                    progress=False).vectors
         off[precision] = np.abs(np.cov(((X - X.mean(0)) @ W.T).T) - np.eye(12)).max()
     assert off["bf16"] < 1e-4 < 1e-3 < off["fp32"], off  # fitted on bf16 descriptors, not on fp32 ones
     capsys.readouterr()

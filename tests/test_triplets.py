@@ -5,13 +5,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import require_data
 from PIL import Image
 
 from deepret.errors import DeepretError
 from deepret.viz.topk import BORDER_COLOURS
 from deepret.viz.triplets import read_tuples, triplets_figure
-
-from conftest import require_data
 
 BLUE = (0, 0, 255)
 

@@ -5,15 +5,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import require_data
 from PIL import Image
 
 from deepret.datasets import load_benchmark
 from deepret.errors import DeepretError
 from deepret.features import Features
-from deepret.viz.tsne import (UNLABELED_COLOUR, embed_tsne, image_landmarks, palette,
-                              tsne_figure, tsne_plot)
-
-from conftest import require_data
+from deepret.viz.tsne import UNLABELED_COLOUR, embed_tsne, image_landmarks, palette, tsne_figure, tsne_plot
 
 OXFORD = {"all_souls", "ashmolean", "balliol", "bodleian", "christ_church", "cornmarket", "hertford",
           "keble", "magdalen", "pitt_rivers", "radcliffe_camera"}

@@ -98,10 +98,9 @@ def test_atomic_writes_get_the_umask_mode_and_leave_no_temp_on_error(tmp_path):
         assert stat.S_IMODE(p.stat().st_mode) == 0o644
         from deepret.fileio import atomic_open
 
-        with pytest.raises(RuntimeError):
-            with atomic_open(p) as f:
-                f.write(b"half")
-                raise RuntimeError("stop")
+        with pytest.raises(RuntimeError), atomic_open(p) as f:
+            f.write(b"half")
+            raise RuntimeError("stop")
         assert p.read_bytes() == b"{}" and os.listdir(tmp_path) == ["a.json"]
     finally:
         os.umask(old)

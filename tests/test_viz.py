@@ -5,14 +5,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import require_data
 from PIL import Image
 
 from deepret.errors import DeepretError
 from deepret.evaluate import label_results
 from deepret.viz import topk_figure
 from deepret.viz.topk import BBX_COLOUR, BORDER_COLOURS
-
-from conftest import require_data
 
 BLUE = (0, 0, 255)
 

@@ -13,9 +13,9 @@ without rotation). A bare name switches one augmentation on with its default; `n
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
-from typing import Callable, Sequence
 
 import torch
 from PIL import Image

@@ -47,7 +47,7 @@ def training_descriptors(sources: list[str], root: str | Path, net: RetrievalNet
             raise DeepretError(f"training source {source!r} is neither a benchmark under {root} nor a folder "
                                "of images: give benchmark names or image folders, separated by commas")
         parts.append(extract(net, paths, settings=opts.settings, device=opts.device, workers=opts.workers,
-                             desc=f"{source} (training)", progress=opts.progress))
+                             desc=f"{source} (training)", progress=opts.progress).vectors)
     return np.concatenate(parts)
 
 

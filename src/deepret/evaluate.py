@@ -19,9 +19,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from deepret.errors import DeepretError
-from deepret.protocols import (OLD_PROTOCOLS, REVISITED_PROTOCOLS, default_protocol, protocol_gnd,  # noqa: F401
-                               protocols_of)
+from deepret.protocols import OLD_PROTOCOLS, REVISITED_PROTOCOLS, default_protocol, protocol_gnd, protocols_of  # noqa: F401
 from deepret.search import rank
+
 
 def average_precision(ranked_positive_positions: np.ndarray, n_positives: int) -> float:
     """AP of one query by the trapezoidal rule (revisitop ``compute_ap``).

@@ -51,7 +51,7 @@ class Features:
         return path
 
     @classmethod
-    def load(cls, path: str | Path) -> "Features":
+    def load(cls, path: str | Path) -> Features:
         try:
             with np.load(path, allow_pickle=False) as z:
                 return cls(z["db"], z["queries"], z["imlist"].tolist(), z["qimlist"].tolist(),
@@ -68,7 +68,7 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("DEEPRET_CACHE", Path.home() / ".cache" / "deepret"))
 
 
-def benchmark_state(bench: "Benchmark", crop_queries: bool) -> dict:
+def benchmark_state(bench: Benchmark, crop_queries: bool) -> dict:
     """What of a benchmark decides its descriptors: resolved root, name, image lists, every image's
     size and mtime (from stat), the query boxes (when queries are cropped)."""
     def stat(path: Path) -> list[int]:
@@ -82,7 +82,7 @@ def benchmark_state(bench: "Benchmark", crop_queries: bool) -> dict:
             "boxes": [bench.query_bbx(q) for q in range(len(bench.qimlist))] if crop_queries else None}
 
 
-def cache_path(cache_dir: str | Path, bench: "Benchmark", net: RetrievalNet, settings: dict,
+def cache_path(cache_dir: str | Path, bench: Benchmark, net: RetrievalNet, settings: dict,
                crop_queries: bool) -> Path:
     """Where the features of `bench` under `net` and `settings` (resolved ExtractSettings.to_dict())
     live; the key covers everything that changes a descriptor (see the module docstring)."""

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO
 
 
 def _umask_mode() -> int:
@@ -33,22 +34,8 @@ def atomic_open(path: str | Path, fsync: bool = True) -> Iterator[BinaryIO]:
 
     On an exception the temporary file is removed and `path` is left as it was.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            yield f
-            f.flush()
-            if fsync:
-                os.fsync(f.fileno())
-        os.chmod(tmp, _umask_mode())
-        os.replace(tmp, path)
-        if fsync:
-            fsync_dir(path.parent)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_path(path, fsync=fsync) as tmp, open(tmp, "wb") as f:
+        yield f
 
 
 def atomic_write_bytes(path: str | Path, data: bytes, fsync: bool = True) -> Path:

@@ -1,17 +1,21 @@
 """Reading photos: header sizes, query crops, resizing to a target shape, normalising to a tensor.
 
-Collection photos are read upright (`upright=True` applies the EXIF orientation); benchmarks keep
-their raw pixels, since their boxes are in raw coordinates. Every reader refuses images above a
-pixel limit (decompression bombs) and turns any decoding failure into an `ImageError` naming the
-file; grayscale, CMYK, 16-bit, palette, alpha (composited on white) and animated (first frame)
-images all become RGB.
+The one decoder of the package, for descriptors (`ImageSource`, `open_rgb`) and for display (figures,
+thumbnails, the web app's upload checks: `open_rgb` too). Collection photos are read upright
+(`upright=True` applies the EXIF orientation); benchmarks keep their raw pixels, since their boxes are
+in raw coordinates. Every reader refuses images above a pixel limit (decompression bombs) and turns any
+decoding failure into an `ImageError` naming the file; grayscale, CMYK, 16-bit, palette, alpha
+(composited on white) and animated (first frame) images all become RGB.
 """
 from __future__ import annotations
 
+import io
+import os
 import warnings
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import IO, NamedTuple, Union
 
 import numpy as np
 import torch
@@ -22,6 +26,8 @@ from deepret.errors import DeepretError
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")  # what collections index
 
 BBox = Sequence[float]
+ImageInput = Union[str, "os.PathLike[str]", bytes, Image.Image]  # an item of an ImageSource
+FileLike = Union[str, "os.PathLike[str]", IO[bytes]]  # what the file readers take: a path or an open binary file
 DEFAULT_MAX_PIXELS = 100_000_000  # 100 Mpx: above any camera, below a decompression bomb
 # EXIF orientation -> the transpose that makes the pixels upright (as PIL.ImageOps.exif_transpose)
 _ORIENT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
@@ -68,7 +74,7 @@ def broken_images_message(broken: Sequence[ImageError], total: int, what: str = 
 
 
 @contextmanager
-def _opened(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Iterator[Image.Image]:
+def _opened(path: FileLike, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Iterator[Image.Image]:
     """Image.open with ImageErrors for missing, corrupt and oversized files."""
     try:
         with warnings.catch_warnings():
@@ -76,12 +82,7 @@ def _opened(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> It
             if max_pixels is not None and Image.MAX_IMAGE_PIXELS is not None:
                 Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS, max_pixels // 2 + 1)  # our limit rules
             with Image.open(path) as im:
-                w, h = im.size
-                if max_pixels is not None and w * h > max_pixels:
-                    raise ImageError(path, f"has {w}x{h} = {w * h / 1e6:.3g} Mpx, above the limit of "
-                                           f"{max_pixels / 1e6:g} Mpx", LIMIT_ADVICE)
-                if w * h == 0:
-                    raise ImageError(path, "is empty (0 pixels)")
+                _check_pixels(path, *im.size, max_pixels)
                 yield im
     except ImageError:
         raise
@@ -91,6 +92,14 @@ def _opened(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> It
         raise ImageError(path, f"is a decompression bomb ({exc})", LIMIT_ADVICE) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ImageError(path, f"is corrupt or not an image ({exc})") from None
+
+
+def _check_pixels(name: object, w: int, h: int, max_pixels: int | None) -> None:
+    if max_pixels is not None and w * h > max_pixels:
+        raise ImageError(name, f"has {w}x{h} = {w * h / 1e6:.3g} Mpx, above the limit of {max_pixels / 1e6:g} Mpx",
+                         LIMIT_ADVICE)
+    if w * h == 0:
+        raise ImageError(name, "is empty (0 pixels)")
 
 
 def _orientation(im: Image.Image) -> int:
@@ -115,37 +124,140 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
-def open_rgb(path: str | Path, bbx: BBox | None = None, draft_to: tuple[int, int] | None = None,
+def _turn(im: Image.Image, upright: bool) -> Image.Transpose | None:
+    """The transpose that makes `im` upright (None: none needed, or `upright` off)."""
+    return _ORIENT.get(_orientation(im)) if upright else None
+
+
+def _upright_size(im: Image.Image, upright: bool) -> tuple[int, int]:
+    w, h = im.size
+    return (h, w) if upright and _orientation(im) in (5, 6, 7, 8) else (w, h)
+
+
+def _turned_and_cropped(im: Image.Image, turn: Image.Transpose | None, bbx: BBox | None) -> Image.Image:
+    if turn is not None:
+        im = im.transpose(turn)
+    return im.crop(_clip_box(bbx, *im.size)) if bbx is not None else im
+
+
+def open_rgb(path: FileLike, bbx: BBox | None = None, draft_to: tuple[int, int] | None = None,
              upright: bool = False, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """Decode `path` as RGB, cropped to `bbx` (x1, y1, x2, y2 in pixels) when given.
+    """Decode `path` (or an open binary file) as RGB, cropped to `bbx` (x1, y1, x2, y2 in pixels) when given.
 
     `draft_to` (w, h) lets the JPEG decoder scale down by a power of two while staying >= that size.
     `upright` applies the EXIF orientation first (the box is then in upright coordinates).
     """
     with _opened(path, max_pixels) as im:
-        turn = _ORIENT.get(_orientation(im)) if upright else None
+        turn = _turn(im, upright)
         if draft_to is not None and bbx is None:
             swap = turn in (Image.Transpose.TRANSPOSE, Image.Transpose.TRANSVERSE,
                             Image.Transpose.ROTATE_90, Image.Transpose.ROTATE_270)
             im.draft("RGB", draft_to[::-1] if swap else draft_to)
         im.seek(0)  # animated: the first frame
-        im = _to_rgb(im)
-        if turn is not None:
-            im = im.transpose(turn)
-        return im.crop(_clip_box(bbx, *im.size)) if bbx is not None else im
+        return _turned_and_cropped(_to_rgb(im), turn, bbx)
 
 
-def image_size(path: str | Path, bbx: BBox | None = None, upright: bool = False,
+class Header(NamedTuple):
+    """What a file's header says: its format (Pillow's name, e.g. JPEG) and size (upright when asked)."""
+
+    format: str
+    width: int
+    height: int
+
+
+def read_header(path: FileLike, upright: bool = False, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Header:
+    """Format and (width, height) of `path` (or an open binary file) from its header, no pixel decoded."""
+    with _opened(path, max_pixels) as im:
+        return Header(im.format or "", *_upright_size(im, upright))
+
+
+def image_size(path: FileLike, bbx: BBox | None = None, upright: bool = False,
                max_pixels: int | None = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
     """(width, height) from the file header (or of the bbx crop), without decoding pixels."""
-    with _opened(path, max_pixels) as im:
-        w, h = im.size
-        if upright and _orientation(im) in (5, 6, 7, 8):
-            w, h = h, w
+    _, w, h = read_header(path, upright, max_pixels)
+    return _box_size(bbx, w, h)
+
+
+def _box_size(bbx: BBox | None, w: int, h: int) -> tuple[int, int]:
     if bbx is None:
         return w, h
     x1, y1, x2, y2 = _clip_box(bbx, w, h)
     return x2 - x1, y2 - y1
+
+
+class ImageSource:
+    """Images to describe, by index (as cirtorch's ImagesFromList): each item a path, the bytes of an image
+    file or a PIL image, each with an optional box (x1, y1, x2, y2 in pixels, upright ones when `upright`).
+
+    Paths and bytes are decoded as files: the size from the header first, then the pixels, the JPEG
+    decoder scaling down where it may. A PIL image as Image.open returns it (not loaded yet) is decoded
+    from its file's bytes the same way, so it gives its file's descriptor; a loaded or made image is used
+    as its pixels (its EXIF orientation applied when `upright`). Another loader: subclass and override
+    `size` and `load`.
+    """
+
+    def __init__(self, items: Sequence[ImageInput], bbxs: Sequence[BBox | None] | None = None,
+                 upright: bool = False, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> None:
+        self.items = [_as_item(x) for x in items]
+        self.bbxs = list(bbxs) if bbxs is not None else [None] * len(self.items)
+        if len(self.bbxs) != len(self.items):
+            raise ValueError(f"{len(self.items)} images but {len(self.bbxs)} boxes: give one box (or None) per image")
+        self.upright, self.max_pixels = upright, max_pixels
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def name(self, i: int) -> str:
+        """How errors name item i: its path, or its index for an image given in memory."""
+        item = self.items[i]
+        return str(item) if isinstance(item, Path) else f"#{i} (in memory)"
+
+    def size(self, i: int) -> tuple[int, int]:
+        """(width, height) of item i as it will be decoded (upright, cropped); an ImageError if unusable."""
+        item, bbx = self.items[i], self.bbxs[i]
+        with self._named(i):
+            if not isinstance(item, Image.Image):
+                return image_size(self._file(item), bbx, self.upright, self.max_pixels)
+            w, h = _upright_size(item, self.upright)
+            _check_pixels(self.name(i), w, h, self.max_pixels)
+            return _box_size(bbx, w, h)
+
+    def load(self, i: int, draft_to: tuple[int, int] | None = None) -> Image.Image:
+        """Item i as RGB, upright and cropped (`draft_to`: as open_rgb's); an ImageError if it cannot be."""
+        item, bbx = self.items[i], self.bbxs[i]
+        with self._named(i):
+            if not isinstance(item, Image.Image):
+                return open_rgb(self._file(item), bbx, draft_to, self.upright, self.max_pixels)
+            try:
+                return _turned_and_cropped(_to_rgb(item), _turn(item, self.upright), bbx)
+            except (OSError, ValueError) as exc:
+                raise ImageError(self.name(i), f"cannot be decoded ({exc})") from None
+
+    @staticmethod
+    def _file(item: Path | bytes) -> FileLike:
+        return io.BytesIO(item) if isinstance(item, bytes) else item
+
+    @contextmanager
+    def _named(self, i: int) -> Iterator[None]:
+        try:
+            yield
+        except ImageError as exc:  # named by this source (a file object has no name of its own)
+            raise ImageError(self.name(i), exc.reason, exc.advice) from None
+
+
+def _as_item(x: ImageInput) -> Path | bytes | Image.Image:
+    if isinstance(x, Image.Image):
+        fp = getattr(x, "fp", None)
+        if fp is not None and getattr(x, "tile", None):  # opened, not decoded: decode its file's bytes
+            try:
+                fp.seek(0)
+                return fp.read()
+            except (OSError, ValueError):  # closed: decoding it says what is wrong
+                pass
+        return x
+    if isinstance(x, (bytes, bytearray, memoryview)):
+        return bytes(x)
+    return Path(x)
 
 
 def _clip_box(bbx: BBox, w: int, h: int) -> tuple[int, int, int, int]:

@@ -47,9 +47,10 @@ def check_benchmark_images(bench: Benchmark, max_pixels: int | None = DEFAULT_MA
 
 
 def benchmark_features(net: RetrievalNet, bench: Benchmark,
-                       opts: RunOptions = RunOptions()) -> tuple[Features, Path | None, bool]:
+                       opts: RunOptions | None = None) -> tuple[Features, Path | None, bool]:
     """Features of `bench` under `net`: (features, their cache file or None with use_cache off,
     whether they came from the cache)."""
+    opts = opts or RunOptions()
     settings = resolve_settings(net, opts.settings, opts.device)  # size and precision made explicit
     key_settings = {**settings.to_dict(), "crop_queries": opts.crop_queries}
     path = None
@@ -61,17 +62,17 @@ def benchmark_features(net: RetrievalNet, bench: Benchmark,
     common = dict(settings=settings, device=opts.device, workers=opts.workers, progress=opts.progress,
                   max_pixels=opts.max_pixels, on_error="skip")
     db_paths = [bench.image_path(i) for i in range(len(bench.imlist))]
-    db, db_failed = extract(net, db_paths, desc=f"{bench.name} database", **common)
+    db = extract(net, db_paths, desc=f"{bench.name} database", **common)
     bbxs = [bench.query_bbx(q) if opts.crop_queries else None for q in range(len(bench.qimlist))]
     q_paths = [bench.query_path(q) for q in range(len(bench.qimlist))]
-    queries, q_failed = extract(net, q_paths, bbxs, desc=f"{bench.name} queries", **common)
-    if db_failed or q_failed:  # headers fine, pixels not (e.g. a truncated JPEG): all of them at once
-        broken = {db_paths[i]: r for i, r in db_failed.items()} | {q_paths[i]: r for i, r in q_failed.items()}
+    queries = extract(net, q_paths, bbxs, desc=f"{bench.name} queries", **common)
+    if db.failed or queries.failed:  # headers fine, pixels not (e.g. a truncated JPEG): all of them at once
+        broken = {db_paths[i]: r for i, r in db.failed.items()} | {q_paths[i]: r for i, r in queries.failed.items()}
         raise DeepretError(broken_images_message([ImageError(p, r) for p, r in broken.items()],
                                                  len(set(db_paths) | set(q_paths)),
                                                  f"images of {bench.name} (database and queries)"))
     meta = {"model": net.meta, "settings": key_settings, "dataset": bench.name}
-    features = Features(db, queries, list(bench.imlist), list(bench.qimlist), meta)
+    features = Features(db.vectors, queries.vectors, list(bench.imlist), list(bench.qimlist), meta)
     if path is not None:
         features.save(path)
     return features, path, False
@@ -122,5 +123,5 @@ def draw_topk(features: Features, bench: Benchmark, query: int, k: int, out: str
         bench.query_path(query), bench.query_bbx(query) if crop_drawn else None,
         [bench.image_path(int(i)) for i in top], label_results(top, bench.gnd[query]), out,
         title=f"query {query}: {bench.qimlist[query]} — {ap_text}" + (f", re-ranked by {rerank}" if rerank else ""),
-        scores=[float(s) for s in scores],
+        scores=[float(s) for s in scores], upright=False,  # benchmark boxes are in raw pixels
     )

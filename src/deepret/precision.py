@@ -10,14 +10,19 @@ from __future__ import annotations
 import functools
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
 from deepret.errors import DeepretError
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+# torch is imported by the functions that use it: the names and parse_precision (the CLI's
+# --precision type) load without it
+PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")  # int8: the openvino engine only (deepret.engines)
+ENGINES = ("auto", "torch", "openvino")  # auto: openvino on the CPU, torch on CUDA
+DTYPES = {"bf16": "bfloat16", "fp16": "float16"}  # torch dtypes by name
 
 # Reduced precisions that keep oxford5k-mini mAP within 0.3 points of fp32, per backbone (in the
 # order `auto` prefers them). Measured with bench/precision_table.py at each network's evaluation
@@ -38,11 +43,44 @@ MAP_TOLERANCE = 0.3  # mAP points from fp32 that `auto` accepts
 
 
 def parse_precision(text: str) -> str:
-    """Check a --precision value: auto, fp32, bf16 or fp16 (case-insensitive)."""
+    """Check a --precision value: auto, fp32, bf16, fp16 or int8 (case-insensitive)."""
     value = str(text).strip().lower()
     if value not in PRECISIONS:
         raise DeepretError(f"precision {text!r} is unknown: use one of {', '.join(PRECISIONS)}")
     return value
+
+
+def parse_engine(text: str) -> str:
+    """Check an --engine value: auto, torch or openvino (case-insensitive)."""
+    value = str(text).strip().lower()
+    if value not in ENGINES:
+        raise DeepretError(f"engine {text!r} is unknown: use one of {', '.join(ENGINES)}")
+    return value
+
+
+def resolve_engine(requested: str, device: torch.device | str, precision: str = "auto") -> str:
+    """The concrete engine of `requested` on `device` for the requested `precision`: auto ->
+    openvino on the CPU (where it is installed) for auto, fp32 and int8, torch elsewhere (bf16/fp16
+    asked for: torch's autocast, what REDUCED_OK measured); openvino off the CPU is an error."""
+    import torch
+
+    requested, device = parse_engine(requested), torch.device(device)
+    if requested == "auto":
+        ov = device.type == "cpu" and openvino_available() and parse_precision(precision) in ("auto", "fp32", "int8")
+        return "openvino" if ov else "torch"
+    if requested == "openvino":
+        if device.type != "cpu":
+            raise DeepretError(f"--engine openvino runs on the CPU, not {device.type}: use --engine torch there")
+        if not openvino_available():
+            raise DeepretError("--engine openvino: the openvino package is not installed: pip install openvino nncf")
+    return requested
+
+
+@functools.cache
+def openvino_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("openvino") is not None
 
 
 @functools.cache
@@ -61,6 +99,8 @@ def cpu_flags() -> frozenset[str]:
 def cpu_has_fast(precision: str) -> bool:
     """Whether this CPU computes `precision` in hardware (bf16: AVX512-BF16/AMX-BF16; fp16:
     AVX512-FP16/AMX-FP16) and oneDNN can use it; fp32 always."""
+    import torch
+
     if precision == "fp32":
         return True
     wanted = {"bf16": ("avx512_bf16", "amx_bf16"), "fp16": ("avx512_fp16", "amx_fp16")}[precision]
@@ -71,9 +111,19 @@ def cpu_has_fast(precision: str) -> bool:
     return bool(probe()) if probe is not None else True
 
 
-def resolve_precision(requested: str, backbone: str | None, device: torch.device | str) -> str:
-    """The concrete precision (fp32, bf16, fp16) of `requested` for `backbone` on `device`."""
+def resolve_precision(requested: str, backbone: str | None, device: torch.device | str,
+                      engine: str = "torch") -> str:
+    """The concrete precision (fp32, bf16, fp16, int8) of `requested` for `backbone` on `device`
+    with the concrete `engine`. int8 needs openvino; under openvino `auto` is fp32 (REDUCED_OK was
+    measured with torch's autocast, and int8 needs calibration photos)."""
+    import torch
+
     requested, device = parse_precision(requested), torch.device(device)
+    if requested == "int8" and engine != "openvino":
+        raise DeepretError("--precision int8 runs only on the openvino engine (CPU): use --engine openvino, "
+                           "or fp32/bf16/fp16 with torch")
+    if engine == "openvino":
+        return "fp32" if requested == "auto" else requested
     if requested == "auto":
         ok = REDUCED_OK.get(backbone or "", ())
         # on the CPU only bf16: fp16 autocast was slower than fp32 there (docs/benchmarks.md)
@@ -89,9 +139,13 @@ def resolve_precision(requested: str, backbone: str | None, device: torch.device
 
 def runs_fast(precision: str, device: torch.device | str) -> bool:
     """Whether `precision` runs at hardware speed on `device` (fp32 always; elsewhere it is emulated)."""
+    import torch
+
     device = torch.device(device)
     if precision == "fp32":
         return True
+    if precision == "int8":  # OpenVINO's int8 kernels (AVX2 and up)
+        return device.type == "cpu"
     if device.type == "cuda":
         return precision == "fp16" or torch.cuda.is_bf16_supported()
     return device.type == "cpu" and cpu_has_fast(precision)
@@ -117,14 +171,18 @@ def portable_precision(stored: str, backbone: str | None, device: torch.device |
 
 def autocast(device: torch.device | str, precision: str) -> AbstractContextManager:
     """The autocast region of a concrete precision (nothing for fp32)."""
+    import torch
+
     if precision == "fp32":
         return nullcontext()
-    return torch.autocast(torch.device(device).type, dtype=DTYPES[precision])
+    return torch.autocast(torch.device(device).type, dtype=getattr(torch, DTYPES[precision]))
 
 
 def prepare_model(net: nn.Module, device: torch.device | str, precision: str) -> nn.Module:
     """Move `net` to `device`; reduced precisions also get channels-last weights (and cuDNN's
     autotuner on CUDA). fp32 gets (back) the contiguous layout, so its results are the plain ones."""
+    import torch
+
     device = torch.device(device)
     if precision == "fp32":
         return net.to(device, memory_format=torch.contiguous_format)
@@ -135,6 +193,8 @@ def prepare_model(net: nn.Module, device: torch.device | str, precision: str) ->
 
 def prepare_input(x: torch.Tensor, precision: str) -> torch.Tensor:
     """An image batch in the layout the network was prepared for."""
+    import torch
+
     if precision != "fp32" and x.dim() == 4:
         return x.contiguous(memory_format=torch.channels_last)
     return x

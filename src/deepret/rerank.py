@@ -102,7 +102,7 @@ def _fmt(v: float) -> str:
     return str(int(v)) if float(v).is_integer() else f"{v:g}"
 
 
-def parse_rerank(spec: str) -> "Reranker":
+def parse_rerank(spec: str) -> Reranker:
     """A Reranker from a spec such as 'dba:n=3+alpha-qe:n=10,alpha=3' (see the module docstring)."""
     if not isinstance(spec, str) or not spec.strip():
         raise DeepretError(f"empty re-ranking spec {spec!r}: give methods joined by '+', from {', '.join(DEFAULTS)}")
@@ -236,7 +236,7 @@ class Reranker:
         """Whether the fit is of exactly this database (same shape and content)."""
         return self.fitted and fingerprint(db) == self._fingerprint
 
-    def fit(self, db: np.ndarray) -> "Reranker":
+    def fit(self, db: np.ndarray) -> Reranker:
         """Offline part: the augmented database vectors (DBA), their exact index and the diffusion graph."""
         x = np.array(db, dtype=np.float32, order="C", copy=True)  # owned: later edits of `db` do not leak in
         if x.ndim != 2 or len(x) == 0:
@@ -320,7 +320,7 @@ class Reranker:
                     "graph_indptr": self._affinity.indptr}
         return out
 
-    def load_state(self, state: dict[str, np.ndarray]) -> "Reranker":
+    def load_state(self, state: dict[str, np.ndarray]) -> Reranker:
         """Restore what `fit` computed (from `state()`); DeepretError if it is another spec's or format's."""
         spec = str(np.asarray(state.get("spec", "")))
         if spec != self.spec:

@@ -1,19 +1,18 @@
 """Robustness study: mAP and per-query AP when the queries (cropped to their bounding boxes unless
 `RunOptions.crop_queries` is off, as with `--no-crop`) are transformed — flipped, rotated,
 downscaled, JPEG-compressed — with single-scale descriptors and with multi-scale + flip-averaged
-ones. Database descriptors come from the feature cache; each transformed query set is extracted once
-per descriptor setting. The report is a JSON record: what `robustness_study` returns is what
+ones. Database descriptors come from the feature cache; each transformed query set is made once, in
+memory, and extracted under both descriptor settings. The report is a JSON record: what `robustness_study` returns is what
 robustness.json reads back (lists, not tuples).
 """
 from __future__ import annotations
 
 import io
 import json
-import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -82,20 +81,17 @@ def conditions(settings: ExtractSettings) -> dict[str, ExtractSettings]:
             "multi-scale + flip": replace(settings, scales=MULTI_SCALES, flip=True)}
 
 
-def transformed_queries(net: RetrievalNet, bench: Benchmark, transform: str, settings: ExtractSettings,
-                        opts: RunOptions, folder: Path) -> np.ndarray:
-    """Descriptors of the queries (cropped unless opts.crop_queries is off) after `transform`
-    (written losslessly to `folder` once)."""
-    target = folder / ("cropped" if opts.crop_queries else "whole") / transform.replace(" ", "_").replace("/", "-")
-    if not target.is_dir():
-        target.mkdir(parents=True)
-        for q in range(len(bench.qimlist)):
-            box = bench.query_bbx(q) if opts.crop_queries else None
-            im = TRANSFORMS[transform](open_rgb(bench.query_path(q), box))
-            im.save(target / f"{q:05d}.png", compress_level=1)
-    paths = sorted(target.glob("*.png"))
-    return extract(net, paths, settings=settings, device=opts.device, workers=opts.workers,
-                   desc=f"queries: {transform}", progress=False)
+def transformed_images(bench: Benchmark, transform: str, opts: RunOptions) -> list[Image.Image]:
+    """The queries (cropped unless opts.crop_queries is off) after `transform`, in memory."""
+    boxes = [bench.query_bbx(q) if opts.crop_queries else None for q in range(len(bench.qimlist))]
+    return [TRANSFORMS[transform](open_rgb(bench.query_path(q), box)) for q, box in enumerate(boxes)]
+
+
+def transformed_queries(net: RetrievalNet, images: list[Image.Image], transform: str, settings: ExtractSettings,
+                        opts: RunOptions) -> np.ndarray:
+    """Descriptors of the `transform`ed queries `images` (transformed_images) under `settings`."""
+    return extract(net, images, settings=settings, device=opts.device, workers=opts.workers,
+                   desc=f"queries: {transform}", progress=False).vectors
 
 
 def robustness_study(net: RetrievalNet, bench: Benchmark, opts: RunOptions,
@@ -106,14 +102,17 @@ def robustness_study(net: RetrievalNet, bench: Benchmark, opts: RunOptions,
     out: dict = {"dataset": bench.name, "model": net.meta["name"], "size": opts.settings.size,
                  "crop_queries": opts.crop_queries, "transforms": list(transforms), "queries": list(bench.qimlist),
                  "conditions": {}}
-    with tempfile.TemporaryDirectory(prefix="deepret-robustness-") as tmp:
-        for name, settings in conditions(opts.settings).items():
-            db = benchmark_features(net, bench, replace(opts, settings=settings))[0].db
-            per_transform = {}
-            for transform in tqdm(transforms, desc=name, disable=not opts.progress, leave=False):
-                queries = transformed_queries(net, bench, transform, settings, opts, Path(tmp))
-                per_transform[transform] = results_to_json(evaluate(similarities(db, queries), bench.gnd))["protocols"]
-            out["conditions"][name] = {"settings": settings.to_dict(), "results": per_transform}
+    named = conditions(opts.settings)
+    dbs = {name: benchmark_features(net, bench, replace(opts, settings=settings))[0].db
+           for name, settings in named.items()}
+    results: dict[str, dict] = {name: {} for name in named}
+    for transform in tqdm(transforms, desc="query transforms", disable=not opts.progress, leave=False):
+        images = transformed_images(bench, transform, opts)
+        for name, settings in named.items():
+            queries = transformed_queries(net, images, transform, settings, opts)
+            results[name][transform] = results_to_json(evaluate(similarities(dbs[name], queries), bench.gnd))["protocols"]
+    for name, settings in named.items():
+        out["conditions"][name] = {"settings": settings.to_dict(), "results": results[name]}
     out["seconds"] = round(time.perf_counter() - start, 1)
     return json.loads(json.dumps(out))  # the JSON record itself (e.g. the settings' scales as a list)
 

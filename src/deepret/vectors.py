@@ -157,7 +157,7 @@ class VectorIndex:
         return Path(path)
 
     @classmethod
-    def load(cls, path: str | Path, factory: str, mmap: bool = False) -> "VectorIndex":
+    def load(cls, path: str | Path, factory: str, mmap: bool = False) -> VectorIndex:
         """Read an index written by `save` (mmap: map it read-only instead of reading it)."""
         flags = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if mmap else 0
         try:

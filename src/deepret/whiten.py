@@ -11,7 +11,8 @@ l / (l + shrinkage * mean(l)) (at power 0.5) instead of 1.
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -99,7 +100,7 @@ class Whitening:
                 "eps": self.eps, "mean": mean.tolist(), "projection": P.tolist()}
 
     @staticmethod
-    def from_dict(d: dict[str, Any]) -> "Whitening":
+    def from_dict(d: dict[str, Any]) -> Whitening:
         """Rebuild a fitted whitening written by `to_dict`."""
         w = _class_for(d.get("method"))(dim=d["dim"], power=d["power"], shrinkage=d["shrinkage"], eps=d["eps"])
         w.mean_, w.projection_ = np.asarray(d["mean"], float), np.asarray(d["projection"], float)
@@ -115,10 +116,10 @@ class PCAWhitening(Whitening):
 
     method = "pca"
 
-    def fit(self, X: Any) -> "PCAWhitening":
+    def fit(self, X: Any) -> PCAWhitening:
         X = _as_rows(X)
         (N, D), k = X.shape, self._out_dim(X.shape[1])
-        if N <= k:
+        if k >= N:
             raise DeepretError(f"{N} descriptors cannot fit a {k}-d PCA whitening (need more than {k}): "
                                "give more descriptors or a smaller dim")
         mean = X.mean(axis=0)
@@ -144,7 +145,7 @@ class LearnedWhitening(Whitening):
                  power: float = 0.5) -> None:
         super().__init__(dim=dim, power=power, shrinkage=shrinkage, eps=eps)
 
-    def fit(self, X: Any, pairs: tuple[Sequence[int], Sequence[int]] | None = None) -> "LearnedWhitening":
+    def fit(self, X: Any, pairs: tuple[Sequence[int], Sequence[int]] | None = None) -> LearnedWhitening:
         """pairs = (qidxs, pidxs): equal-length index sequences into the rows of X."""
         X = _as_rows(X)
         (N, D), k = X.shape, self._out_dim(X.shape[1])

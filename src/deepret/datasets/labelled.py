@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import csv
 import random
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
 from deepret.errors import DeepretError
 

@@ -107,7 +107,7 @@ class Benchmark:
 class _PlainUnpickler(pickle.Unpickler):
     """Loads only builtin containers and scalars: a gnd pickle never needs anything else."""
 
-    def find_class(self, module: str, name: str):  # noqa: D102
+    def find_class(self, module: str, name: str):
         raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
 
 

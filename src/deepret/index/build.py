@@ -9,16 +9,15 @@ equals one process's. `deepret.index.build_index` builds and opens the index.
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from deepret.errors import DeepretError
-from deepret.runtime import distributed, setup_device
 from deepret.extract import ExtractSettings, extract, resolve_settings
 from deepret.imageio import DEFAULT_MAX_PIXELS, ImageError, image_size
 from deepret.index.backends import open_backend
@@ -28,6 +27,7 @@ from deepret.index.lock import writer_lock
 from deepret.index.parts import barrier, merge_parts, open_part
 from deepret.index.photos import scan, unreadable_reason
 from deepret.models import DEFAULT_MODEL, RetrievalNet, get_model
+from deepret.runtime import distributed, setup_device
 from deepret.vectors import VectorIndex, fitting_factories, min_train_vectors
 
 CHUNK = 256  # files extracted per committed transaction
@@ -37,7 +37,7 @@ Outcome = tuple[dict[int, tuple[int, int]], np.ndarray, dict[int, str]]  # sizes
 
 
 @dataclass
-class Extraction:
+class ExtractJob:
     """What to extract (this rank's share of the rows), from where, and how: a build's or an update's job."""
 
     net: RetrievalNet
@@ -65,8 +65,9 @@ def extract_files(net: RetrievalNet, root: Path, rows: Sequence[tuple[int, str]]
                   device, max_pixels: int | None, workers: int | None, bar=None):
     """Extract `rows` (id, path): ({id: (w, h)} and vectors of the usable ones, {id: reason})."""
     paths = [root / p for _, p in rows]
-    vectors, failures = extract(net, paths, settings=settings, device=device, workers=workers, progress=False,
-                                on_error="skip", upright=True, max_pixels=max_pixels)
+    found = extract(net, paths, settings=settings, device=device, workers=workers, progress=False,
+                    on_error="skip", upright=True, max_pixels=max_pixels)
+    vectors, failures = found.vectors, found.failed
     sizes, skipped = {}, {rows[i][0]: unreadable_reason(paths[i], reason) for i, reason in failures.items()}
     for i, (image_id, _) in enumerate(rows):
         if image_id not in skipped:
@@ -114,7 +115,7 @@ def build_folder(photos: str | Path, index_dir: str | Path, model: str = DEFAULT
     want = build_identity(net, model, weights, settings, factory, backend, uri, root, max_pixels)
     files = scan(root, exclude=index_dir)
     _check_trainable(factory, len(files), train_on, net.dim)
-    job = Extraction(net, root, settings, device=device, max_pixels=max_pixels, workers=workers, progress=progress,
+    job = ExtractJob(net, root, settings, device=device, max_pixels=max_pixels, workers=workers, progress=progress,
                      chunk=chunk, rank=rank, world=world)
     with ExitStack() as stack:
         if rank == 0:
@@ -135,7 +136,7 @@ def _check_trainable(factory: str, n_files: int, train_on, dim: int) -> None:
                            "a larger collection (--train-on DIR)")
 
 
-def _extract_pending(index_dir: Path, job: Extraction, training: Callable[[], np.ndarray | None]) -> None:
+def _extract_pending(index_dir: Path, job: ExtractJob, training: Callable[[], np.ndarray | None]) -> None:
     """This rank's share of the pending files, chunk by chunk; rank 0 then publishes the vectors
     (`training`: the vectors to train the factory on, None: the collection's own)."""
     cat = Catalogue(index_dir)
@@ -187,7 +188,7 @@ def _prepare(index_dir: Path, want: dict, files: dict[str, tuple[int, int]], bac
         cat.close()
 
 
-def _training_vectors(job: Extraction, train_on: str | Path | None, factory: str) -> np.ndarray | None:
+def _training_vectors(job: ExtractJob, train_on: str | Path | None, factory: str) -> np.ndarray | None:
     """Descriptors of --train-on photos (None: train on the collection itself)."""
     net, settings, device, max_pixels, workers, progress = (job.net, job.settings, job.device, job.max_pixels,
                                                             job.workers, job.progress)
@@ -197,6 +198,5 @@ def _training_vectors(job: Extraction, train_on: str | Path | None, factory: str
         return None
     root = Path(train_on).resolve()
     paths = [root / p for p in scan(root)]
-    vectors, failures = extract(net, paths, settings=settings, device=device, workers=workers, progress=progress,
-                                on_error="skip", upright=True, max_pixels=max_pixels, desc="train-on")
-    return vectors[[i for i in range(len(paths)) if i not in failures]]
+    return extract(net, paths, settings=settings, device=device, workers=workers, progress=progress,
+                   on_error="skip", upright=True, max_pixels=max_pixels, desc="train-on").described()

@@ -6,12 +6,12 @@ long-running searcher (the web app) sees updates without reopening. Methods are 
 """
 from __future__ import annotations
 
-import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -19,7 +19,7 @@ from PIL import Image
 from deepret.errors import DeepretError
 from deepret.extract import ExtractSettings, default_device, extract
 from deepret.index.backends import open_backend
-from deepret.index.build import Extraction, build_folder
+from deepret.index.build import ExtractJob, build_folder
 from deepret.index.catalogue import Catalogue
 from deepret.index.identity import stored_settings
 from deepret.index.lock import writer_lock
@@ -78,7 +78,7 @@ class Index:
         self.refresh()
 
     @classmethod
-    def open(cls, index_dir: str | Path, device: str | None = None, precision: str = "auto") -> "Index":
+    def open(cls, index_dir: str | Path, device: str | None = None, precision: str = "auto") -> Index:
         """`precision`: of the queries and updates; auto: the stored one, or fp32 where that one is
         emulated (deepret.precision.portable_precision); another: checked to match the stored one."""
         return cls(index_dir, device, precision)
@@ -134,16 +134,12 @@ class Index:
 
     # --- queries
     def describe(self, image: str | Path | Image.Image, box: BBox | None = None) -> np.ndarray:
-        """(D,) float32 descriptor of `image` (cropped to `box`, upright coordinates), index's settings."""
+        """(D,) float32 descriptor of `image` (cropped to `box`, upright coordinates), index's settings;
+        a PIL image is decoded as deepret.imageio.ImageSource says (as its file when not loaded yet)."""
         net = self.load_model()
-        if isinstance(image, Image.Image):
-            with tempfile.TemporaryDirectory(prefix="deepret-query-") as tmp:
-                path = Path(tmp) / "query.png"
-                image.save(path, compress_level=0)
-                return self.describe(path, box)
-        return extract(net, [Path(image)], [box] if box is not None else None, settings=self.run_settings(net),
+        return extract(net, [image], [box] if box is not None else None, settings=self.run_settings(net),
                        device=self.device, workers=0, progress=False, upright=True,
-                       max_pixels=self.meta.get("max_pixels"))[0]
+                       max_pixels=self.meta.get("max_pixels")).vectors[0]
 
     def search(self, image: str | Path | Image.Image, box: BBox | None = None, k: int = 10, offset: int = 0,
                rerank: str | None = None) -> SearchResult:
@@ -249,7 +245,7 @@ class Index:
                 known, next_id = cat.files(), cat.next_file_id()
             changes = find_changes(self.root, known, next_id, paths, exclude=cat.dir.resolve())
             if changes:
-                changes.extract(Extraction(net, self.root, self.run_settings(net), self.device,
+                changes.extract(ExtractJob(net, self.root, self.run_settings(net), self.device,
                                            self.meta.get("max_pixels"), progress=progress))
                 with self.lock:
                     with cat.write() as db:
@@ -279,7 +275,7 @@ class Index:
             self.backend.close()
             self.catalogue.close()
 
-    def __enter__(self) -> "Index":
+    def __enter__(self) -> Index:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import fcntl
 import re
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from deepret.errors import DeepretError
 

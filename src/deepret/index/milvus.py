@@ -24,7 +24,7 @@ def _client(uri: str):
                            "pip install pymilvus milvus-lite") from None
     try:
         return MilvusClient(uri)
-    except Exception as exc:  # noqa: BLE001 - pymilvus raises many kinds
+    except Exception as exc:
         raise DeepretError(f"cannot reach Milvus at {uri} ({exc.__class__.__name__}: {exc}): start the server "
                            "or give a local file such as ./photos.db") from None
 

@@ -15,8 +15,8 @@ from __future__ import annotations
 import hashlib
 import io
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 

@@ -2,13 +2,13 @@
 committed in one transaction (Index.update and Index.add_files run the steps)."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
-from deepret.index.build import Extraction, Rows, record
+from deepret.index.build import ExtractJob, Rows, record
 from deepret.index.catalogue import Catalogue
 from deepret.index.photos import UNREADABLE, photo_in, scan
 
@@ -44,7 +44,7 @@ class Changes:
     def __bool__(self) -> bool:
         return bool(self.rows or self.drop)
 
-    def extract(self, job: Extraction) -> None:
+    def extract(self, job: ExtractJob) -> None:
         """Describe the new and changed files (before anything is committed)."""
         vectors = [np.zeros((0, job.net.dim), np.float32)]
         for _, (sizes, v, skipped) in job.chunks(self.rows, "update"):

@@ -6,8 +6,8 @@ Each gives a convolutional trunk (last conv block) or, for AlexNet/VGG16, the `f
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import timm
 import torch

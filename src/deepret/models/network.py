@@ -15,11 +15,11 @@ from typing import Any
 import torch
 from torch import nn
 
-import deepret
 from deepret.errors import DeepretError
 from deepret.fileio import atomic_path
 from deepret.models.backbones import FC7_INPUT_SIZE, build_backbone, default_size
 from deepret.models.pooling import POOLINGS, GeM, l2n
+from deepret.version import __version__
 
 HEADS = ("fc7", "mac", "spoc", "gem")
 
@@ -117,7 +117,7 @@ def create_model(name: str, weights: str = "imagenet", p: float = 3.0, learn_p: 
         "input": {"size": size, "default_size": backbone.spec.default_size,
                   "mean": list(backbone.mean), "std": list(backbone.std)},
         "weights": str(weights), "provenance": backbone.provenance,
-        "deepret_version": deepret.__version__,
+        "deepret_version": __version__,
     }
     net = RetrievalNet(trunk, pool, meta)
     return net.eval()

@@ -8,7 +8,7 @@ event loop; uploads are added one at a time while searches go on (the Index is t
 from __future__ import annotations
 
 import asyncio
-import tempfile
+import io
 import threading
 import time
 from contextlib import asynccontextmanager
@@ -25,11 +25,21 @@ from starlette.concurrency import run_in_threadpool
 
 from deepret.errors import DeepretError
 from deepret.fileio import atomic_write_bytes
-from deepret.imageio import PHOTO_SUFFIXES
-from deepret.serve.inputs import (DEFAULT_MAX_PIXELS, DEFAULT_MAX_UPLOAD_BYTES, BadInput, Photo, check_size,
-                                  decode_photo, inside, parse_box, upload_name, upright_size)
+from deepret.imageio import PHOTO_SUFFIXES, ImageError, image_size
+from deepret.serve.inputs import (
+    DEFAULT_MAX_UPLOAD_BYTES,
+    DEFAULT_MAX_UPLOAD_PIXELS,
+    BadInput,
+    Photo,
+    check_size,
+    decode_photo,
+    inside,
+    parse_box,
+    upload_name,
+)
 from deepret.serve.limits import BearerToken, BodyLimit
 from deepret.serve.thumbs import cache_dir_of, thumb_size, thumbnail
+from deepret.version import __version__
 
 STATIC = Path(__file__).parent / "static"
 MAX_K = 100
@@ -76,13 +86,13 @@ class ServeState:
 
 
 def create_app(index_dir: str | Path, token: str | None = None, allow_uploads: bool = False,
-               max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, max_pixels: int = DEFAULT_MAX_PIXELS,
+               max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, max_pixels: int = DEFAULT_MAX_UPLOAD_PIXELS,
                device: str | None = None, precision: str = "auto") -> FastAPI:
     """The app serving the index at `index_dir` (DeepretError at once if it is not an index).
 
     `token`: every /api call needs `Authorization: Bearer <token>`; `allow_uploads`: POST /api/images
-    adds photos to the collection (under its uploads/ folder) and the index; `precision`: of the
-    queries and uploads (Index.open).
+    adds photos to the collection (under its uploads/ folder) and the index; `max_pixels`: of an uploaded
+    photo; `precision`: of the queries and uploads (Index.open).
     """
     from deepret.index import Index
 
@@ -97,7 +107,7 @@ def create_app(index_dir: str | Path, token: str | None = None, allow_uploads: b
         await asyncio.to_thread(loader.join)
         index.close()
 
-    app = FastAPI(title="deepret", version=_version(), lifespan=lifespan,
+    app = FastAPI(title="deepret", version=__version__, lifespan=lifespan,
                   description="Search a photo collection by example: upload a photo (optionally a box on it) "
                               "or pick an indexed one, get the most similar photos of the collection.")
     app.state.deepret = state
@@ -163,7 +173,7 @@ def _api(state: ServeState) -> APIRouter:
         path = state.photo_path(image_id)
         try:
             data = thumbnail(path, cache_dir_of(state.index_dir), thumb_size(size))
-        except OSError as exc:
+        except (OSError, ImageError) as exc:
             raise BadInput(404, f"image {image_id} cannot be read ({exc.__class__.__name__})") from None
         return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
 
@@ -199,14 +209,13 @@ def _search(state: ServeState, photo: Photo | None, image_id: int | None, box_te
         if photo is not None:
             w, h = photo.width, photo.height
             box = parse_box(box_text, w, h)
-            with tempfile.NamedTemporaryFile(prefix="deepret-query-", suffix=photo.extension) as f:
-                f.write(photo.data)  # the original bytes: the index decodes them upright (EXIF) itself
-                f.flush()
-                result = state.index.search(f.name, box=box, k=k, offset=offset, rerank=rerank)
+            # not decoded yet: the index decodes the original bytes upright (EXIF) itself, as it would their file
+            query_image = Image.open(io.BytesIO(photo.data))
+            result = state.index.search(query_image, box=box, k=k, offset=offset, rerank=rerank)
             query = {"source": "upload", "name": photo.name}
         else:
             path = state.photo_path(image_id)
-            w, h = upright_size(path)
+            w, h = image_size(path, upright=True, max_pixels=None)
             box = parse_box(box_text, w, h)
             result = state.index.search_id(image_id, box=box, k=k, offset=offset, rerank=rerank)
             query = {"source": "id", "id": image_id, "path": _relative(state, path)}
@@ -267,11 +276,3 @@ def _add_error_handlers(app: FastAPI) -> None:
         where = ".".join(str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path"))
         return JSONResponse({"detail": f"{where}: {first.get('msg')}" if where else str(first.get("msg"))},
                             status_code=422)
-
-
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-    try:
-        return version("deepret")
-    except PackageNotFoundError:
-        return "0"

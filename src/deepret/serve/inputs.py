@@ -1,6 +1,7 @@
 """Checking what clients send: uploaded photos (size, format, pixel limit, decoding), boxes, safe paths.
 
 Every check raises `BadInput` with an HTTP status and a one-line message; nothing here touches the index.
+Photos are decoded by deepret.imageio, as the index decodes them.
 """
 from __future__ import annotations
 
@@ -11,17 +12,16 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from PIL import Image, ImageOps, UnidentifiedImageError
+from deepret.imageio import LIMIT_ADVICE, ImageError, open_rgb, read_header
 
 DEFAULT_MAX_UPLOAD_BYTES = 20 * 1024 * 1024
-DEFAULT_MAX_PIXELS = 50_000_000
+# Uploads only: a web client may send a photo of at most 50 Mpx (the collection's own photos are read up to
+# deepret.imageio.DEFAULT_MAX_PIXELS, the index's --max-pixels), so one request decodes at most ~150 MB.
+DEFAULT_MAX_UPLOAD_PIXELS = 50_000_000
 MIN_BOX_SIDE = 4  # pixels: a smaller box has no content to describe
 
 # Pillow format name -> file extension for saved uploads (the formats a browser shows too).
 UPLOAD_FORMATS = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "GIF": ".gif", "BMP": ".bmp", "TIFF": ".tif"}
-
-# EXIF orientations 5-8 turn the picture by 90 degrees: width and height swap when made upright.
-_TRANSPOSED = {5, 6, 7, 8}
 
 
 class BadInput(Exception):
@@ -56,7 +56,7 @@ def check_size(n_bytes: int, max_bytes: int, name: str = "upload") -> None:
 
 
 def decode_photo(data: bytes, name: str, max_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
-                 max_pixels: int = DEFAULT_MAX_PIXELS) -> Photo:
+                 max_pixels: int = DEFAULT_MAX_UPLOAD_PIXELS) -> Photo:
     """Check that uploaded bytes are a whole, reasonable photo by decoding them; its upright size.
 
     The pixel limit is checked on the header, before any pixel is decoded (decompression bombs).
@@ -64,36 +64,19 @@ def decode_photo(data: bytes, name: str, max_bytes: int = DEFAULT_MAX_UPLOAD_BYT
     name = _printable(name) or "upload"
     check_size(len(data), max_bytes, name)
     try:
-        im = Image.open(io.BytesIO(data))
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        header = read_header(io.BytesIO(data), upright=True, max_pixels=max_pixels)
+    except ImageError as exc:
+        if exc.advice == LIMIT_ADVICE:
+            raise BadInput(413, f"{name} {_line(exc.reason)}: send a smaller photo") from None
         raise BadInput(415, f"{name} is not an image that can be read: send a JPEG, PNG or WebP photo") from None
-    except Image.DecompressionBombError:
-        raise BadInput(413, f"{name} has too many pixels (over {max_pixels:,}): send a smaller photo") from None
-    with im:
-        if im.format not in UPLOAD_FORMATS:
-            raise BadInput(415, f"{name} is a {im.format} file: send a JPEG, PNG, WebP, GIF, BMP or TIFF photo")
-        w, h = im.size
-        if w * h > max_pixels:
-            raise BadInput(413, f"{name} is {w}x{h} pixels, over the limit of {max_pixels:,}: send a smaller photo")
-        if w < 1 or h < 1:
-            raise BadInput(400, f"{name} has no pixels: send a photo")
-        try:
-            im.load()
-            upright = ImageOps.exif_transpose(im)
-        except Image.DecompressionBombError:
-            raise BadInput(413, f"{name} has too many pixels: send a smaller photo") from None
-        except (OSError, SyntaxError, ValueError, EOFError) as exc:
-            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise BadInput(400, f"{name} is corrupt or truncated ({reason}): send the whole photo") from None
-        return Photo(data, im.format, name, upright.width, upright.height)
-
-
-def upright_size(path: str | Path) -> tuple[int, int]:
-    """(width, height) of a photo as shown upright (EXIF orientation applied), from its header."""
-    with Image.open(path) as im:
-        w, h = im.size
-        orientation = im.getexif().get(0x0112, 1)
-    return (h, w) if orientation in _TRANSPOSED else (w, h)
+    if header.format not in UPLOAD_FORMATS:
+        raise BadInput(415, f"{name} is a {header.format} file: send a JPEG, PNG, WebP, GIF, BMP or TIFF photo")
+    try:
+        open_rgb(io.BytesIO(data), max_pixels=max_pixels)  # every pixel, as the index will decode them
+    except ImageError as exc:
+        status, advice = (413, "send a smaller photo") if exc.advice == LIMIT_ADVICE else (400, "send the whole photo")
+        raise BadInput(status, f"{name} {_line(exc.reason)}: {advice}") from None
+    return Photo(data, header.format, name, header.width, header.height)
 
 
 def parse_box(text: str | None, width: int, height: int) -> tuple[float, float, float, float] | None:
@@ -132,6 +115,10 @@ def inside(root: str | Path, path: str | Path) -> Path:
 def upload_name(photo: Photo) -> str:
     """A fresh, safe file name for an upload (nothing of the client's name is used)."""
     return f"{uuid.uuid4().hex}{photo.extension}"
+
+
+def _line(text: str) -> str:
+    return text.splitlines()[0] if text else ""
 
 
 def _printable(text: str | None) -> str:

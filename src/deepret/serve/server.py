@@ -6,7 +6,7 @@ import os
 import sys
 from pathlib import Path
 
-from deepret.serve.inputs import DEFAULT_MAX_PIXELS, DEFAULT_MAX_UPLOAD_BYTES
+from deepret.serve.inputs import DEFAULT_MAX_UPLOAD_BYTES, DEFAULT_MAX_UPLOAD_PIXELS
 
 TOKEN_ENV = "DEEPRET_TOKEN"
 
@@ -32,7 +32,7 @@ def exposure_warning(host: str, token: str | None, allow_uploads: bool = False) 
 
 def serve(index_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, token: str | None = None,
           allow_uploads: bool = False, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
-          max_pixels: int = DEFAULT_MAX_PIXELS, device: str | None = None, precision: str = "auto") -> None:
+          max_pixels: int = DEFAULT_MAX_UPLOAD_PIXELS, device: str | None = None, precision: str = "auto") -> None:
     """Run the app over the index at `index_dir` until interrupted (token from $DEEPRET_TOKEN if not given)."""
     import uvicorn
 

@@ -1,13 +1,15 @@
 """Thumbnails of collection photos, made upright (EXIF) and cached on disk inside the index folder."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 from pathlib import Path
 
-from PIL import Image, ImageOps
+from PIL import Image
 
 from deepret.fileio import atomic_write_bytes
+from deepret.imageio import open_rgb
 
 THUMB_SIZES = (64, 128, 256, 512, 1024)
 
@@ -21,7 +23,8 @@ def thumbnail(photo: Path, cache_dir: Path, size: int) -> bytes:
     """JPEG bytes of `photo` upright with its longest side at most `size`, from the cache if fresh.
 
     The cache key holds the photo's path, size and mtime, so a changed photo gets a new thumbnail.
-    Written atomically; an unwritable cache folder only costs the caching.
+    Decoded as the index decodes it (deepret.imageio: upright, pixel limit, any mode to RGB); an
+    ImageError if it cannot be. Written atomically; an unwritable cache folder only costs the caching.
     """
     st = photo.stat()
     key = hashlib.sha1(f"{photo}\0{st.st_size}\0{st.st_mtime_ns}".encode()).hexdigest()
@@ -30,17 +33,13 @@ def thumbnail(photo: Path, cache_dir: Path, size: int) -> bytes:
         return cached.read_bytes()
     except OSError:
         pass
-    with Image.open(photo) as im:
-        im.draft("RGB", (size, size))
-        im = ImageOps.exif_transpose(im).convert("RGB")
-        im.thumbnail((size, size), Image.Resampling.LANCZOS)
-        buf = io.BytesIO()
-        im.save(buf, "JPEG", quality=85)
+    im = open_rgb(photo, draft_to=(size, size), upright=True)
+    im.thumbnail((size, size), Image.Resampling.LANCZOS)
+    buf = io.BytesIO()
+    im.save(buf, "JPEG", quality=85)
     data = buf.getvalue()
-    try:
+    with contextlib.suppress(OSError):  # a cache that cannot be written is only slower
         atomic_write_bytes(cached, data, fsync=False)
-    except OSError:
-        pass
     return data
 
 

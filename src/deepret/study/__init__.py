@@ -1,5 +1,9 @@
-"""The `deepret study`: nine retrieval representations compared on one benchmark, with an HTML report."""
-from deepret.study.config import ALL_STEPS, Budget, StudyConfig, add_arguments, config_from_args, load_config
-from deepret.study.run import run_study
+"""The `deepret study`: nine retrieval representations compared on one benchmark, with an HTML report.
 
-__all__ = ["ALL_STEPS", "Budget", "StudyConfig", "add_arguments", "config_from_args", "load_config", "run_study"]
+The names are imported on first use (deepret.lazy): the study's options without torch."""
+from deepret.lazy import lazy_exports
+
+__getattr__, __dir__, __all__ = lazy_exports(__name__, {
+    "deepret.study.config": ("ALL_STEPS", "Budget", "StudyConfig", "add_arguments", "config_from_args", "load_config"),
+    "deepret.study.run": ("run_study",),
+})

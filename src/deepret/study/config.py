@@ -6,12 +6,10 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from deepret.errors import DeepretError
 from deepret.precision import parse_precision
+from deepret.study.steps import ALL_STEPS
 
-ALL_STEPS = ("1a", "1b", "1c", "1d", "1e", "1e-lw", "1f", "1g", "1h", "1i")
 # Where ImageNet weights of the study's networks cannot be had, stand-ins of growing capacity, as
 # the original study grows its networks: the smallest for AlexNet, the largest for ResNet50.
 STANDINS = {"alexnet": "efficientnet_lite0", "resnet18": "efficientnet_lite1", "resnet50": "efficientnet_lite2"}
@@ -106,6 +104,8 @@ def _budget(d: dict, name: str) -> Budget:
 
 def load_config(path: str | Path | None = None, **overrides: Any) -> StudyConfig:
     """StudyConfig from a YAML file (if given), then `overrides` whose value is not None."""
+    import yaml  # here: the CLI's parser reads this module's add_arguments
+
     data: dict[str, Any] = {}
     if path is not None:
         path = Path(path)

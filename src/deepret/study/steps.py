@@ -1,12 +1,16 @@
-"""The nine study steps and the weights policy: which network each step actually uses."""
+"""The nine study steps and the weights policy: which network each step actually uses.
+
+Loads without torch (deepret.study.config takes ALL_STEPS from STEPS, for the CLI's help)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from deepret.errors import DeepretError, WeightsUnavailableError
-from deepret.models import create_model
-from deepret.models.backbones import FC7_BACKBONES
-from deepret.study.config import StudyConfig
+
+if TYPE_CHECKING:
+    from deepret.models import RetrievalNet
+    from deepret.study.config import StudyConfig
 
 PRETTY = {"alexnet": "AlexNet", "resnet18": "ResNet18", "resnet50": "ResNet50"}
 
@@ -53,6 +57,14 @@ STEPS = (
          "Does a bigger backbone (ResNet50) help?", "resnet50", "gem", train="rank", augment="all", multiscale=True),
 )
 STEP_BY_ID = {s.id: s for s in STEPS}
+ALL_STEPS = tuple(STEP_BY_ID)
+
+
+def create_model(name: str, weights: str = "imagenet") -> RetrievalNet:
+    """deepret.models.create_model, imported on the first call (torch with it)."""
+    from deepret.models import create_model as create
+
+    return create(name, weights=weights)
 
 
 @dataclass(frozen=True)
@@ -97,6 +109,8 @@ def _choose(cfg: StudyConfig, role: str, name: str, head: str) -> Choice:
 
 def _head_for(backbone: str, head: str) -> tuple[str, str]:
     """fc7 only exists for AlexNet/VGG16; elsewhere the global-average-pooled features (spoc) replace it."""
+    from deepret.models.backbones import FC7_BACKBONES
+
     if head == "fc7" and backbone not in FC7_BACKBONES:
         return "spoc", (f"; {backbone} has no fc7 layer, so its global-average-pooled features "
                         "(the input of its classifier, head spoc) replace fc7")

@@ -1,7 +1,10 @@
-"""Finetuning: as a classifier (`train_classify`) and for ranking (`train_rank`)."""
-from deepret.train.classify import train_classify
-from deepret.train.rank import train_rank
-from deepret.train.runner import MODE_DEFAULTS, ClassifyOptions, RankOptions, TrainConfig, train_config
+"""Finetuning: as a classifier (`train_classify`) and for ranking (`train_rank`).
 
-__all__ = ["MODE_DEFAULTS", "ClassifyOptions", "RankOptions", "TrainConfig", "train_classify", "train_config",
-           "train_rank"]
+The names are imported on first use (deepret.lazy): the options (deepret.train.config) without torch."""
+from deepret.lazy import lazy_exports
+
+__getattr__, __dir__, __all__ = lazy_exports(__name__, {
+    "deepret.train.classify": ("train_classify",),
+    "deepret.train.rank": ("train_rank",),
+    "deepret.train.config": ("MODE_DEFAULTS", "ClassifyOptions", "RankOptions", "TrainConfig", "train_config"),
+})

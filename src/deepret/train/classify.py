@@ -19,8 +19,8 @@ from deepret.augment import AugmentConfig, train_transform
 from deepret.datasets import LabelledImages, split
 from deepret.errors import DeepretError
 from deepret.models import RetrievalNet, get_model
-from deepret.train.images import TrainImages, collate_skipping
 from deepret.runtime import setup_device
+from deepret.train.images import TrainImages, collate_skipping
 from deepret.train.runner import ClassifyOptions, Run, TrainConfig, freeze_batchnorm, make_optimizer
 
 

@@ -1,7 +1,7 @@
 """Training images as tensors: corrupt files are skipped and reported, not fatal."""
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch.utils.data import Dataset

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import torch
 
+from deepret.train.config import DEFAULT_MARGINS  # noqa: F401 (re-exported: the margins without torch)
+
 
 def _split(tuples: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(T, 2 + n, D) -> query (T, D), positive (T, D), negatives (T, n, D)."""
@@ -26,4 +28,3 @@ def contrastive_loss(tuples: torch.Tensor, margin: float = 0.7) -> torch.Tensor:
 
 
 LOSSES = {"triplet": triplet_loss, "contrastive": contrastive_loss}
-DEFAULT_MARGINS = {"triplet": 0.1, "contrastive": 0.7}

@@ -1,8 +1,8 @@
 """Training tuples from class labels: (query, positive, hardest negatives from a random pool)."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
@@ -51,7 +51,9 @@ def mine_tuples(data: LabelledImages, describe: Callable[[list[int]], np.ndarray
                 used.add(labels[n])
             if len(negatives) == n_neg:
                 break
-        dist = lambda a: float(np.linalg.norm(desc[row[q]] - desc[row[a]]))  # noqa: E731
+        def dist(a: int, q: int = q) -> float:
+            return float(np.linalg.norm(desc[row[q]] - desc[row[a]]))
+
         tuples.append(Tuple(q, p, negatives, dist(p), [dist(n) for n in negatives]))
     return tuples
 

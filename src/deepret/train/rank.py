@@ -18,10 +18,10 @@ from deepret.datasets import LabelledImages, rankable
 from deepret.errors import DeepretError
 from deepret.extract import ExtractSettings, extract
 from deepret.models import GeM, RetrievalNet, get_model
+from deepret.runtime import setup_device
 from deepret.train.images import TrainImages
 from deepret.train.losses import DEFAULT_MARGINS, LOSSES
 from deepret.train.mining import Tuple, mine_tuples
-from deepret.runtime import setup_device
 from deepret.train.runner import RankOptions, Run, TrainConfig, freeze_batchnorm, make_optimizer
 from deepret.whiten import fit_whitening
 
@@ -58,8 +58,8 @@ def make_p_learnable(net: RetrievalNet) -> None:
 def init_projection(net: RetrievalNet, data: LabelledImages, dim: int, cfg: TrainConfig, device,
                     precision: str = "fp32") -> None:
     """FC projection after pooling, initialised from the PCA-whitening of the training descriptors."""
-    pooled = extract(net, data.paths, settings=ExtractSettings(size=cfg.size, precision=precision), device=device,
-                     workers=cfg.workers, desc="PCA of the training set", progress=cfg.progress)
+    pooled = extract(net, data.paths, settings=ExtractSettings(size=cfg.size, precision=precision, engine="torch"), device=device,
+                     workers=cfg.workers, desc="PCA of the training set", progress=cfg.progress).vectors
     matrix, bias = fit_whitening("pca", pooled, dim=dim).as_linear()
     net.set_whitening(matrix, bias, method="pca-init, trained end to end")
 
@@ -106,8 +106,8 @@ def train_rank(data: LabelledImages, model: str, cfg: TrainConfig, weights: str 
 
     def describe(indices: list[int]) -> np.ndarray:
         return extract(net, [data.paths[i] for i in indices],
-                       settings=ExtractSettings(size=cfg.size, precision=run.precision),
-                       device=device, workers=cfg.workers, desc="mining", progress=False)
+                       settings=ExtractSettings(size=cfg.size, precision=run.precision, engine="torch"),  # new weights each epoch
+                       device=device, workers=cfg.workers, desc="mining", progress=False).vectors
 
     for epoch in range(run.start_epoch, cfg.epochs):
         tuples = mine_tuples(data, describe, run.rng, queries, negatives, pool_size)

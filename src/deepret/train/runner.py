@@ -1,13 +1,14 @@
-"""What every training run shares: config, devices and torchrun, optimiser and schedule, the
-JSON-lines log, the loss-curve PNG, validation, per-epoch checkpoints and exact resume."""
+"""What every training run shares: config (from deepret.train.config, re-exported here), devices and
+torchrun, optimiser and schedule, the JSON-lines log, the loss-curve PNG, validation, per-epoch
+checkpoints and exact resume."""
 from __future__ import annotations
 
 import json
 import random
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import torch
@@ -18,71 +19,8 @@ from deepret.errors import DeepretError
 from deepret.models import RetrievalNet, save
 from deepret.models.network import read_checkpoint
 from deepret.precision import autocast, prepare_input, prepare_model, resolve_precision
-from deepret.runtime import distributed, tune_allocator
-
-
-@dataclass
-class TrainConfig:
-    """Options common to `train classify` and `train rank`: the one home of the training defaults
-    (the CLI, `train_config` and the study take theirs from here; batch size, image size and lr of
-    the rank mode from MODE_DEFAULTS)."""
-
-    out: Path
-    epochs: int = 5
-    batch_size: int = 8
-    size: int = 224
-    lr: float = 1e-3
-    optimizer: str = "adam"
-    weight_decay: float = 1e-6
-    lr_decay: float = 0.99           # learning rate x this after every epoch
-    lr_mult: float = 10.0            # for new layers (classifier, projection) and GeM p
-    augment: str = "none"            # deepret.augment.AugmentConfig.parse grammar
-    seed: int = 0
-    device: str | None = None
-    workers: int = 0
-    val: str | None = None           # a benchmark name, e.g. oxford5k-mini
-    val_root: Path | None = None
-    val_every: int = 1
-    val_size: int | None = None      # None: the network's default evaluation size
-    resume: bool = False
-    progress: bool = True
-    precision: str = "fp32"          # auto, fp32, bf16 or fp16 autocast (deepret.precision)
-
-    def to_json(self) -> dict:
-        return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
-
-
-# where the modes differ: images (classify) or tuples (rank) per step, training image side, lr
-MODE_DEFAULTS: dict[str, dict[str, Any]] = {"classify": {"batch_size": 8, "size": 224, "lr": 1e-3},
-                                            "rank": {"batch_size": 4, "size": 362, "lr": 1e-6}}
-
-
-def train_config(mode: str, out: str | Path = ".", **overrides: Any) -> TrainConfig:
-    """TrainConfig of `mode` ('classify' or 'rank') with its defaults, then `overrides`."""
-    return TrainConfig(out=Path(out), **{**MODE_DEFAULTS[mode], **overrides})
-
-
-@dataclass(frozen=True)
-class RankOptions:
-    """What only `train rank` takes, with its defaults (train_rank's keyword defaults are these)."""
-
-    loss: str = "triplet"
-    margin: float | None = None      # None: deepret.train.losses.DEFAULT_MARGINS[loss]
-    negatives: int = 5               # hard negatives per tuple
-    pool_size: int = 200             # random pool to mine negatives from
-    queries: int = 100               # tuples per epoch
-    proj: int | None = None          # FC projection initialised by PCA-whitening
-    learn_p: bool = False
-    multires: tuple[float, ...] = (1.0,)
-
-
-@dataclass(frozen=True)
-class ClassifyOptions:
-    """What only `train classify` takes, with its defaults."""
-
-    init: str = "xavier"
-    freeze: int = 0                  # first N blocks of the backbone frozen
-    val_fraction: float = 0.0        # images held out for accuracy
+from deepret.runtime import distributed
+from deepret.train.config import MODE_DEFAULTS, ClassifyOptions, RankOptions, TrainConfig, train_config  # noqa: F401 (re-exported)
 
 
 def freeze_batchnorm(module: nn.Module) -> None:
@@ -238,7 +176,7 @@ class Run:
         from deepret.pipeline import RunOptions, benchmark_features, evaluate_features
 
         bench = load_benchmark(cfg.val, cfg.val_root or ".")
-        opts = RunOptions(ExtractSettings(size=cfg.val_size, precision=self.precision), use_cache=False,  # no cache files
+        opts = RunOptions(ExtractSettings(size=cfg.val_size, precision=self.precision, engine="torch"), use_cache=False,  # no cache files
                           progress=False,
                           device=str(next(net.parameters()).device), workers=cfg.workers)
         was_training = net.training

@@ -25,8 +25,7 @@ def learn_whitening(net: RetrievalNet, data: LabelledImages, method: str = "pca"
     net.whiten, net.meta["whitening"] = None, None
     size = resolve_settings(net, ExtractSettings(size=size)).size
     pooled = extract(net, data.paths, settings=ExtractSettings(size=size, precision=precision), device=device,
-                     workers=workers,
-                     desc="descriptors for whitening", progress=progress)
+                     workers=workers, desc="descriptors for whitening", progress=progress).vectors
     pairs = matching_pairs(data) if method == "lw" else None
     whitening = fit_whitening(method, pooled.astype(np.float64), pairs=pairs, dim=dim, shrinkage=shrinkage)
     net.set_whitening(*whitening.as_linear(), method=method)

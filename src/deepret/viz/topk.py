@@ -1,4 +1,8 @@
-"""The top-K figure: the query (with its bounding box) and its K best results, bordered by label."""
+"""The top-K figure: the query (with its bounding box) and its K best results, bordered by label.
+
+Photos are decoded by deepret.imageio.open_rgb, as for descriptors: upright (EXIF) unless told to keep
+the raw pixels (benchmarks, whose boxes are in raw coordinates).
+"""
 
 from __future__ import annotations
 
@@ -9,9 +13,10 @@ from pathlib import Path
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from PIL import Image, ImageDraw, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageDraw, ImageOps
 
 from deepret.errors import DeepretError
+from deepret.imageio import open_rgb
 from deepret.viz.png import save_png
 
 BORDER_COLOURS: dict[str, tuple[int, int, int]] = {
@@ -28,19 +33,15 @@ TITLE_PX = 44  # room for the title on top
 GAP_PX = 12  # horizontal gap between thumbnails
 
 
-def _load(path: str | os.PathLike) -> Image.Image:
-    try:
-        with Image.open(path) as im:
-            return im.convert("RGB")
-    except FileNotFoundError as exc:
-        raise DeepretError(f"image not found: {path}: check the image folder") from exc
-    except (UnidentifiedImageError, OSError) as e:
-        raise DeepretError(f"cannot read image {path} ({e}): replace or remove the file") from e
+def thumbnail(path: str | os.PathLike, thumb: int, upright: bool) -> Image.Image:
+    """`path` decoded (upright or raw) and shrunk to fit a `thumb` x `thumb` square."""
+    return ImageOps.contain(open_rgb(path, upright=upright), (thumb, thumb))
 
 
-def _query_thumb(path, bbx: Sequence[float] | None, thumb: int) -> Image.Image:
-    """Query thumbnail with its bounding box (x1, y1, x2, y2 in original pixels) drawn on it."""
-    im = _load(path)
+def _query_thumb(path, bbx: Sequence[float] | None, thumb: int, upright: bool) -> Image.Image:
+    """Query thumbnail with its bounding box (x1, y1, x2, y2 in the pixels of the decoded image:
+    upright ones when `upright`) drawn on it."""
+    im = open_rgb(path, upright=upright)
     small = ImageOps.contain(im, (thumb, thumb))
     if bbx is not None:
         if len(bbx) != 4:
@@ -52,9 +53,8 @@ def _query_thumb(path, bbx: Sequence[float] | None, thumb: int) -> Image.Image:
     return small
 
 
-def _result_thumb(path, label: str, thumb: int, border: int) -> Image.Image:
-    small = ImageOps.contain(_load(path), (thumb, thumb))
-    return ImageOps.expand(small, border=border, fill=BORDER_COLOURS[label])
+def _result_thumb(path, label: str, thumb: int, border: int, upright: bool) -> Image.Image:
+    return ImageOps.expand(thumbnail(path, thumb, upright), border=border, fill=BORDER_COLOURS[label])
 
 
 def topk_figure(
@@ -66,11 +66,14 @@ def topk_figure(
     title: str,
     thumb: int = 256,
     scores: Sequence[float] | None = None,
+    upright: bool = True,
 ) -> Path:
     """Draw the query and its ranked results (border green/red/grey for positive/negative/junk).
 
     Results fill rows of five to the right of the query; below each: rank, label and, when
-    ``scores`` is given, the similarity. Writes a PNG atomically and returns its path.
+    ``scores`` is given, the similarity. ``upright``: photos shown with their EXIF orientation applied
+    and ``query_bbx`` in upright pixels, as ``deepret index search --box`` takes it; False: the raw
+    pixels, as benchmarks give their boxes. Writes a PNG atomically and returns its path.
     """
     n = len(result_paths)
     if len(labels) != n or (scores is not None and len(scores) != n):
@@ -85,8 +88,8 @@ def topk_figure(
 
     border = max(3, thumb // 32)
     cell = thumb + 2 * border
-    query = ImageOps.expand(_query_thumb(query_path, query_bbx, thumb), border=border, fill="white")
-    results = [_result_thumb(p, lab, thumb, border) for p, lab in zip(result_paths, labels)]
+    query = ImageOps.expand(_query_thumb(query_path, query_bbx, thumb, upright), border=border, fill="white")
+    results = [_result_thumb(p, lab, thumb, border, upright) for p, lab in zip(result_paths, labels)]
 
     ncols = 1 + max(1, min(len(results), PER_ROW))
     nrows = max(1, math.ceil(len(results) / PER_ROW))

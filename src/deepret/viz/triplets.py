@@ -12,7 +12,7 @@ from PIL import Image, ImageOps
 
 from deepret.errors import DeepretError
 from deepret.viz.png import save_png
-from deepret.viz.topk import BORDER_COLOURS, _load
+from deepret.viz.topk import BORDER_COLOURS, thumbnail
 
 DPI = 100
 CAPTION_PX = 40  # two caption lines below each thumbnail
@@ -62,7 +62,7 @@ def _fit(text: str, n: int) -> str:
 
 
 def _cell(path: Path, label: str | None, thumb: int, border: int) -> Image.Image:
-    small = ImageOps.contain(_load(path), (thumb, thumb))
+    small = thumbnail(path, thumb, upright=False)  # the raw pixels, as training decodes them
     fill = "white" if label is None else BORDER_COLOURS[label]
     return ImageOps.expand(small, border=border, fill=fill)
 

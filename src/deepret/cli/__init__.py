@@ -1,0 +1,30 @@
+"""The `deepret` command: parses arguments and calls the library. Errors: one line, exit status 2.
+
+`deepret.cli.parser` builds the parser (importing no implementation: `deepret --help` loads no
+torch); each command's handler, in the module of its group (benchmarks, index, train, data, serve),
+imports what it runs when it runs."""
+from __future__ import annotations
+
+import sys
+import traceback
+
+from deepret.cli.parser import build_parser
+from deepret.errors import DeepretError
+
+__all__ = ["build_parser", "main"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv  # anywhere on the line, also after the command's own options
+    args = build_parser().parse_args([a for a in argv if a != "--debug"])
+    try:
+        return args.handler(args)
+    except DeepretError as exc:
+        if debug:
+            traceback.print_exc()
+        print(f"deepret: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("deepret: interrupted; finished files are kept, run the command again to go on", file=sys.stderr)
+        return 130

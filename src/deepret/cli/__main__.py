@@ -1,0 +1,3 @@
+from deepret.cli import main
+
+raise SystemExit(main())

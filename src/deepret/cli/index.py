@@ -1,0 +1,74 @@
+"""`deepret index build|update|info|search`: one handler per action."""
+from __future__ import annotations
+
+import json
+
+
+def cmd_build(args) -> int:
+    from deepret.cli.benchmarks import descriptor_settings
+    from deepret.imageio import DEFAULT_MAX_PIXELS
+    from deepret.index import build_index
+    from deepret.runtime import is_main_process
+
+    index = build_index(args.photos, args.index, model=args.model, weights=args.weights,
+                        settings=descriptor_settings(args),
+                        factory=args.factory, backend=args.backend, uri=args.uri, train_on=args.train_on,
+                        device=args.device, progress=not args.quiet, workers=args.workers,
+                        max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS)
+    if is_main_process():
+        info = index.info()
+        print(f"{args.index}: {info['images']} images indexed, {len(info['skipped'])} skipped "
+              f"(see `deepret index info --index {args.index}`)")
+    return 0
+
+
+def cmd_update(args) -> int:
+    from deepret.index import Index
+
+    with Index.open(args.index, device=args.device, precision=args.precision) as index:
+        report = index.update(progress=not args.quiet)
+        print(f"{args.index}: {report.added} added, {report.changed} changed, {report.removed} removed, "
+              f"{len(report.skipped)} skipped, {len(index)} images")
+        for s in report.skipped:
+            print(f"  skipped {s['path']}: {s['reason']}")
+    return 0
+
+
+def cmd_info(args) -> int:
+    from deepret.index import Index
+
+    with Index.open(args.index) as index:
+        info = index.info()
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    for key in ("root", "images", "model", "fingerprint", "settings", "dim", "factory", "backend",
+                "bytes_per_vector"):
+        print(f"{key}: {info[key]}")
+    print(f"skipped: {len(info['skipped'])}")
+    for s in info["skipped"]:
+        print(f"  {s['path']}: {s['reason']}")
+    return 0
+
+
+def cmd_search(args) -> int:
+    from deepret.index import Index
+
+    with Index.open(args.index, device=args.device, precision=args.precision) as index:
+        result = index.search(args.image, box=args.box, k=args.topk, rerank=args.rerank)
+        for rank, hit in enumerate(result.hits, 1):
+            print(f"{rank}\t{hit.score:.4f}\t{hit.path}")
+        if args.json:
+            from deepret.fileio import atomic_write_text
+
+            atomic_write_text(args.json, json.dumps(
+                {"query": str(args.image), "box": args.box, "rerank": args.rerank, **result.to_dict()}, indent=2))
+            print(f"wrote {args.json}")
+        if args.figure:
+            from deepret.viz import topk_figure
+
+            topk_figure(args.image, args.box, [index.root / h.path for h in result.hits],
+                        ["result"] * len(result.hits), args.figure, title=f"{args.image.name} in {index.root.name}",
+                        scores=[h.score for h in result.hits])
+            print(f"wrote {args.figure}")
+    return 0
