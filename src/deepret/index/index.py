@@ -26,7 +26,8 @@ from deepret.index.lock import writer_lock
 from deepret.index.reranking import IndexReranking
 from deepret.index.update import UpdateReport, find_changes
 from deepret.models import RetrievalNet, get_model, model_fingerprint
-from deepret.precision import interchangeable, parse_precision, portable_precision, resolve_precision
+from deepret.precision import (interchangeable, parse_precision, portable_precision, resolve_engine,
+                               resolve_precision)
 
 BBox = Sequence[float]
 
@@ -121,16 +122,22 @@ class Index:
                                f"({self.meta['model_name']}): query and update with the index's own model")
 
     def run_settings(self, net: RetrievalNet) -> ExtractSettings:
-        """The stored extraction settings, in the precision to use on this device
-        (deepret.precision.portable_precision: fp32 here for a bf16 index built on a bf16 CPU)."""
+        """The stored extraction settings, in the precision and engine to use on this device
+        (deepret.precision.portable_precision: fp32 here for a bf16 index built on a bf16 CPU; the
+        engine `auto` means for that precision: torch and OpenVINO give the same fp32 descriptors,
+        int8 stays on OpenVINO)."""
         device = self.device if self.device is not None else default_device()
         stored, backbone = self.settings.precision, net.meta.get("backbone")
         if self.precision == "auto":
-            return replace(self.settings, precision=portable_precision(stored, backbone, device))
-        if not interchangeable(self.precision, stored, backbone):
+            precision = portable_precision(stored, backbone, device)
+        elif not interchangeable(self.precision, stored, backbone):
             raise DeepretError(f"index {self.catalogue.dir} holds {stored} descriptors of {backbone}, and {self.precision} "
                                f"is not measured to give the same ranking: use --precision auto or {stored}")
-        return replace(self.settings, precision=resolve_precision(self.precision, backbone, device))
+        else:
+            precision = self.precision
+        engine = resolve_engine("openvino" if precision == "int8" else "auto", device, precision)
+        return replace(self.settings, engine=engine,
+                       precision=resolve_precision(precision, backbone, device, engine=engine))
 
     # --- queries
     def describe(self, image: str | Path | Image.Image, box: BBox | None = None) -> np.ndarray:
