@@ -103,3 +103,9 @@ def test_unplaced_module_fails(tmp_path):
     code, lines = run(write_tree(tmp_path, tree))
     assert code == 1
     assert lines == ["unassigned: deepret.gadgets has no layer: add it to LAYERS in scripts/check_layers.py"]
+
+
+@pytest.mark.fast
+def test_deepret_itself_points_down_without_cycles():
+    code, lines = run(SCRIPT.parents[1] / "src" / "deepret")
+    assert code == 0, [line for line in lines if not line.startswith("type-only:")]
