@@ -203,9 +203,13 @@ def test_resolve_settings_fills_the_size_from_the_network(monkeypatch):
 
     for fast, expected in ((False, "fp32"), (True, "bf16")):  # resnet18 kept its mAP in bf16 (REDUCED_OK)
         monkeypatch.setattr(P, "cpu_has_fast", lambda precision, fast=fast: fast)
-        assert resolve_settings(net, ExtractSettings(size=200, flip=True), "cpu") == \
-            ExtractSettings(size=200, flip=True, precision=expected)
-        assert resolve_settings(net, ExtractSettings(precision="fp16"), "cpu").precision == "fp16"  # explicit: kept
+        assert resolve_settings(net, ExtractSettings(size=200, flip=True, engine="torch"), "cpu") == \
+            ExtractSettings(size=200, flip=True, precision=expected, engine="torch")
+        # engine auto on the CPU: OpenVINO, whose auto precision is fp32 (REDUCED_OK measured torch's autocast)
+        assert resolve_settings(net, ExtractSettings(size=200), "cpu") == \
+            ExtractSettings(size=200, precision="fp32", engine="openvino")
+        explicit = resolve_settings(net, ExtractSettings(precision="fp16"), "cpu")
+        assert (explicit.precision, explicit.engine) == ("fp16", "torch")  # explicit: kept, on torch's autocast
     assert resolve_settings(net, None).precision in ("fp32", "bf16", "fp16")  # never "auto" on this machine
     for bad in (dict(size=0), dict(size=-5), dict(scales=(1.0, 0.0)), dict(scales=())):
         with pytest.raises(DeepretError):

@@ -77,6 +77,7 @@ def test_health_and_info_describe_the_index(client):
     assert info["bytes_per_vector"] >= 1280 * 4 and info["uploads"] is False
     assert info["rerank_toggles"] == {"qe": "alpha-qe", "diffusion": "diffusion"}
     assert info["query_precision"] == info["settings"]["precision"]  # built on this machine: its own
+    assert info["query_engine"] == info["settings"]["engine"] == "openvino"  # auto on the CPU
     assert client.get("/openapi.json").json()["paths"].keys() >= {"/api/search", "/api/images/{image_id}/thumb"}
     assert client.get("/docs").status_code == 200
 

@@ -26,8 +26,7 @@ from deepret.index.lock import writer_lock
 from deepret.index.reranking import IndexReranking
 from deepret.index.update import UpdateReport, find_changes
 from deepret.models import RetrievalNet, get_model, model_fingerprint
-from deepret.precision import (interchangeable, parse_precision, portable_precision, resolve_engine,
-                               resolve_precision)
+from deepret.precision import interchangeable, parse_precision, portable_precision, resolve_engine, resolve_precision
 
 BBox = Sequence[float]
 

@@ -140,11 +140,12 @@ def _api(state: ServeState) -> APIRouter:
         status = "loading" if state.load_error is None else "failed"
         return JSONResponse({"status": status, "detail": state.load_error}, status_code=503)
 
-    @api.get("/info", summary="the index: model, settings, size, factory, bytes per vector, query precision")
+    @api.get("/info", summary="the index: model, settings, size, factory, bytes per vector, query engine and precision")
     def info() -> dict:
         ready = state.ready.is_set()
+        run = index.run_settings(index.load_model()) if ready else None
         return {**_json_safe(index.info()), "ready": ready, "uploads": state.allow_uploads,
-                "query_precision": index.run_settings(index.load_model()).precision if ready else None,
+                "query_precision": run and run.precision, "query_engine": run and run.engine,
                 "max_upload_bytes": state.max_upload_bytes, "max_pixels": state.max_pixels,
                 "rerank_toggles": RERANK_TOGGLES}
 
