@@ -132,7 +132,7 @@ def test_tsne_and_triplets_commands(capsys, data_root, tmp_path):
 
 @pytest.mark.parametrize("args,match", [(["--size", "0"], "--size: 0 must be > 0"),
                                         (["--size", "-512"], "--size: -512 must be > 0"),
-                                        (["--scales", "1,-0.5"], "every scale must be > 0"),
+                                        (["--scales", "1,-0.5"], "every scale must be a finite number > 0"),
                                         (["--topk", "-1"], "--topk: -1 must be > 0"),
                                         (["--query", "-2"], "--query: -2 must be >= 0"),
                                         (["--workers", "two"], "'two' is not a whole number")])

@@ -172,7 +172,7 @@ def test_parse_scales_round_trips(scales):
 def test_parse_scales_rejects_non_positive_and_non_numbers(scales, bad, where):
     values = [repr(s) for s in scales]
     values.insert(min(where, len(values)), repr(bad))
-    with pytest.raises(argparse.ArgumentTypeError, match="every scale must be > 0"):
+    with pytest.raises(argparse.ArgumentTypeError, match="every scale must be a finite number > 0"):
         parse_scales(",".join(values))
     values[min(where, len(values) - 1)] = "one"
     with pytest.raises(argparse.ArgumentTypeError, match="give numbers separated by commas"):
@@ -262,3 +262,15 @@ def test_extract_settings_round_trip_through_json(s):
     assert ExtractSettings.from_dict(json.loads(json.dumps(stored))) == s
     older = {k: v for k, v in stored.items() if k != "upscale"}  # written before the field existed
     assert ExtractSettings.from_dict(older).upscale is True
+
+
+@pytest.mark.parametrize("text", ["nan,0,1,1", "0,0,inf,1", "-inf,0,1,1", "0,0,1,nan"])
+def test_parse_box_rejects_non_finite_numbers(text):
+    with pytest.raises(argparse.ArgumentTypeError, match=r"^--box '.*': give x1,y1,x2,y2"):
+        parse_box(text)
+
+
+@pytest.mark.parametrize("text", ["nan", "1,inf", "0.5,nan"])
+def test_parse_scales_rejects_non_finite_numbers(text):
+    with pytest.raises(argparse.ArgumentTypeError, match="every scale must be a finite number > 0"):
+        parse_scales(text)

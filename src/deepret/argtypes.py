@@ -3,6 +3,7 @@ raises argparse.ArgumentTypeError with a one-line message. Imports nothing heavy
 from __future__ import annotations
 
 import argparse
+import math
 
 
 def _bounded(kind: type, strict: bool):
@@ -32,8 +33,8 @@ def parse_scales(text: str) -> tuple[float, ...]:
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"--scales {text!r}: give numbers separated by commas, e.g. 1,0.707,1.414") from None
-    if not scales or any(s <= 0 for s in scales):
-        raise argparse.ArgumentTypeError(f"--scales {text!r}: every scale must be > 0")
+    if not scales or any(not (math.isfinite(s) and s > 0) for s in scales):
+        raise argparse.ArgumentTypeError(f"--scales {text!r}: every scale must be a finite number > 0")
     return scales
 
 
@@ -43,6 +44,6 @@ def parse_box(text: str) -> tuple[float, float, float, float]:
         box = tuple(float(v) for v in text.split(","))
     except ValueError:
         box = ()
-    if len(box) != 4 or box[2] <= box[0] or box[3] <= box[1]:
+    if len(box) != 4 or not all(map(math.isfinite, box)) or box[2] <= box[0] or box[3] <= box[1]:
         raise argparse.ArgumentTypeError(f"--box {text!r}: give x1,y1,x2,y2 with x2 > x1 and y2 > y1")
     return box
