@@ -118,7 +118,7 @@ def compile_for(net: RetrievalNet, requested: ExtractSettings | None, settings: 
     engine = "auto" if (requested or ExtractSettings()).engine == "auto" else settings.engine
     calibration = [settings.calibration] if settings.calibration else None
     return compile_network(net, engine, settings.precision, device, calibration=calibration,
-                           calibration_size=settings.size)
+                           calibration_size=settings.size, calibration_id=settings.calibration_id)
 
 
 def default_device() -> torch.device:

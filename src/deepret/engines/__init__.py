@@ -31,11 +31,12 @@ class Engine(Protocol):
 def compile_network(net: RetrievalNet, engine: str = "auto", precision: str = "auto",
                     device: torch.device | str | None = None, cache_dir: str | Path | None = None,
                     calibration: Sequence[str | Path | torch.Tensor] | None = None,
-                    calibration_size: int | None = None) -> Engine:
+                    calibration_size: int | None = None, calibration_id: str | None = None) -> Engine:
     """`net` compiled for `device` (default: CUDA if any, else the CPU) by `engine` in `precision`.
 
     `calibration` (int8 only): photos (paths, decoded at `calibration_size`, default the net's
-    evaluation size) or preprocessed (3, H, W) / (B, 3, H, W) tensors, NOT the images evaluated.
+    evaluation size) or preprocessed (3, H, W) / (B, 3, H, W) tensors, NOT the images evaluated;
+    `calibration_id` names them in the model cache's key (else a digest of the decoded tensors).
     `cache_dir`: where converted models are kept (default deepret's cache dir, `engines/`)."""
     from deepret.engines.torch_engine import TorchEngine
 
@@ -49,7 +50,7 @@ def compile_network(net: RetrievalNet, engine: str = "auto", precision: str = "a
 
     try:
         return OpenVINOEngine(net, resolved, cache_dir=cache_dir, calibration=calibration,
-                              calibration_size=calibration_size)
+                              calibration_size=calibration_size, calibration_id=calibration_id)
     except ConversionError as exc:
         if requested == "openvino":
             raise DeepretError(f"--engine openvino: {exc}: use --engine torch") from None

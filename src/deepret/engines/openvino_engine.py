@@ -47,7 +47,8 @@ class OpenVINOEngine:
     name = "openvino"
 
     def __init__(self, net: RetrievalNet, precision: str, cache_dir: str | Path | None = None,
-                 calibration: Sequence | None = None, calibration_size: int | None = None) -> None:
+                 calibration: Sequence | None = None, calibration_size: int | None = None,
+                 calibration_id: str | None = None) -> None:
         import openvino as ov
 
         self.net, self.precision = net.eval(), precision
@@ -58,16 +59,21 @@ class OpenVINOEngine:
             if not calibration:
                 raise DeepretError("precision int8 needs calibration photos (not the images evaluated): "
                                    "give a folder of them, e.g. ../shared/data/landmarks-mini")
-            calib = calibration_tensors(net, calibration, calibration_size)
-            digest = hashlib.sha1()
-            for x in calib:
-                digest.update(str(tuple(x.shape)).encode())
-                digest.update(x.numpy().tobytes())
-            weights = f"int8-{digest.hexdigest()[:16]}"
+            if calibration_id is not None:  # the photos' identity: decoded only if a conversion is needed
+                weights = f"int8-{calibration_id}-{calibration_size}"
+            else:
+                calib = calibration_tensors(net, calibration, calibration_size)
+                digest = hashlib.sha1()
+                for x in calib:
+                    digest.update(str(tuple(x.shape)).encode())
+                    digest.update(x.numpy().tobytes())
+                weights = f"int8-{digest.hexdigest()[:16]}"
         key = hashlib.sha1(f"{model_fingerprint(net)}|{ov.__version__}|{weights}|trunk-v1".encode()).hexdigest()[:20]
         self.path = engines_dir(cache_dir) / f"{net.meta.get('name', 'net').replace('/', '_')}-{key}" / "trunk.xml"
         self.from_cache = self.path.is_file()
         if not self.from_cache:
+            if precision == "int8" and calib is None:
+                calib = calibration_tensors(net, calibration, calibration_size)
             _save_atomically(self._convert(calib), self.path)
         config = {"INFERENCE_PRECISION_HINT": OV_HINTS[precision], "INFERENCE_NUM_THREADS": torch.get_num_threads(),
                   "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY"}
