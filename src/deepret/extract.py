@@ -40,7 +40,7 @@ from deepret.imageio import (
 )
 from deepret.models import RetrievalNet, l2n
 from deepret.precision import parse_engine, parse_precision, resolve_engine, resolve_precision
-from deepret.runtime import default_workers, tune_allocator
+from deepret.runtime import default_device, default_workers, tune_allocator
 
 
 @dataclass(frozen=True)
@@ -119,10 +119,6 @@ def compile_for(net: RetrievalNet, requested: ExtractSettings | None, settings: 
     calibration = [settings.calibration] if settings.calibration else None
     return compile_network(net, engine, settings.precision, device, calibration=calibration,
                            calibration_size=settings.size, calibration_id=settings.calibration_id)
-
-
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 class _Images(Dataset):

@@ -54,6 +54,13 @@ def is_main_process() -> bool:
     return distributed()[0] == 0
 
 
+def default_device():
+    """The torch device to run on when none is asked for: CUDA if there is one, else the CPU."""
+    import torch
+
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def setup_device(requested: str | None):
     """The torch device for this process; starts the process group under torchrun."""
     import torch

@@ -17,6 +17,7 @@ import torch
 from deepret.errors import DeepretError
 from deepret.models import RetrievalNet
 from deepret.precision import parse_engine, resolve_engine, resolve_precision
+from deepret.runtime import default_device
 
 
 class Engine(Protocol):
@@ -40,7 +41,7 @@ def compile_network(net: RetrievalNet, engine: str = "auto", precision: str = "a
     `cache_dir`: where converted models are kept (default deepret's cache dir, `engines/`)."""
     from deepret.engines.torch_engine import TorchEngine
 
-    device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device) if device is not None else default_device()
     requested = parse_engine(engine)
     name = resolve_engine(requested, device, precision)
     resolved = resolve_precision(precision, net.meta.get("backbone"), device, engine=name)

@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 
 from deepret.errors import DeepretError
-from deepret.extract import ExtractSettings, default_device, extract
+from deepret.extract import ExtractSettings, extract
 from deepret.index.backends import open_backend
 from deepret.index.build import ExtractJob, build_folder
 from deepret.index.catalogue import Catalogue
@@ -27,6 +27,7 @@ from deepret.index.reranking import IndexReranking
 from deepret.index.update import UpdateReport, find_changes
 from deepret.models import RetrievalNet, get_model, model_fingerprint
 from deepret.precision import interchangeable, parse_precision, portable_precision, resolve_engine, resolve_precision
+from deepret.runtime import default_device
 
 BBox = Sequence[float]
 
