@@ -30,7 +30,7 @@ def main() -> None:
     args = ap.parse_args()
     net = create_model(args.model)
     rows = []
-    print("| dataset | size | enlarged (default) | kept (--no-upscale) |\n|---|---:|---:|---:|")
+    print("| dataset | size | enlarged (--upscale) | kept (default) |\n|---|---:|---:|---:|")
     for name in args.datasets.split(","):
         bench = load_benchmark(name, args.root)
         for size in map(int, args.sizes.split(",")):

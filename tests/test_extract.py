@@ -53,10 +53,13 @@ def test_without_upscaling_a_small_image_keeps_its_size_at_every_scale(net, tmp_
     native = extract(net, small, settings=ExtractSettings(size=300, precision="fp32"), progress=False).vectors
     kept = extract(net, small, settings=ExtractSettings(size=512, upscale=False, precision="fp32"),
                    progress=False).vectors
-    enlarged = extract(net, small, settings=ExtractSettings(size=512, precision="fp32"), progress=False).vectors
+    enlarged = extract(net, small, settings=ExtractSettings(size=512, upscale=True, precision="fp32"),
+                       progress=False).vectors
+    default = extract(net, small, settings=ExtractSettings(size=512, precision="fp32"), progress=False).vectors
     np.testing.assert_array_equal(kept, native)
+    np.testing.assert_array_equal(default, native)  # keeping sizes is the default
     assert not np.allclose(enlarged, native, atol=1e-4)
-    assert ExtractSettings(upscale=False).to_dict() != ExtractSettings().to_dict()  # part of the cache key
+    assert ExtractSettings(upscale=True).to_dict() != ExtractSettings().to_dict()  # part of the cache key
 
 
 def test_batched_extraction_equals_one_image_per_forward(net, photos):

@@ -151,7 +151,10 @@ def test_an_index_stored_before_a_setting_existed_keeps_its_behaviour(tmp_path):
     (tmp_path / "photos").mkdir()
     for p in photos:
         shutil.copy(p, tmp_path / "photos" / p.name)
-    kw = dict(model="efficientnet_lite0-gem", settings=ExtractSettings(size=128), progress=False)
+    with build_index(tmp_path / "photos", tmp_path / "new", model="efficientnet_lite0-gem",
+                     settings=ExtractSettings(size=128), progress=False) as index:
+        assert index.settings.upscale is False  # new indexes keep small photos' sizes
+    kw = dict(model="efficientnet_lite0-gem", settings=ExtractSettings(size=128, upscale=True), progress=False)
     build_index(tmp_path / "photos", tmp_path / "ix", **kw).close()
     db = sqlite3.connect(tmp_path / "ix" / "catalogue.sqlite")
     settings = json.loads(db.execute("SELECT value FROM meta WHERE key = 'settings'").fetchone()[0])
@@ -163,7 +166,7 @@ def test_an_index_stored_before_a_setting_existed_keeps_its_behaviour(tmp_path):
         assert index.settings.upscale is True  # the behaviour it was built with
     build_index(tmp_path / "photos", tmp_path / "ix", **kw).close()  # the same settings: not refused
     with pytest.raises(DeepretError, match="settings"):
-        build_index(tmp_path / "photos", tmp_path / "ix", **{**kw, "settings": ExtractSettings(size=128, upscale=False)})
+        build_index(tmp_path / "photos", tmp_path / "ix", **{**kw, "settings": ExtractSettings(size=128)})
 
 
 def test_a_checkpoint_changed_after_the_build_is_refused(tmp_path):

@@ -53,7 +53,7 @@ class ExtractSettings:
     flip: bool = False
     round_to: int = 32
     precision: str = "auto"  # auto, fp32, bf16 or fp16 (deepret.precision)
-    upscale: bool = True  # False: an image smaller than `size` keeps its own size (cirtorch's `thumbnail`)
+    upscale: bool = False  # True: enlarge an image smaller than `size`; False keeps its size (cirtorch's `thumbnail`)
     engine: str = "auto"  # auto, torch or openvino (deepret.engines); stored settings without it: torch
     calibration: str | None = None  # int8: a folder (or photo) of calibration photos, not the ones evaluated
     calibration_id: str | None = None  # their identity (names, sizes, mtimes), set by resolve_settings
@@ -75,8 +75,9 @@ class ExtractSettings:
     @classmethod
     def from_dict(cls, stored: dict) -> ExtractSettings:
         """Settings read back from `to_dict`'s output; a field not stored (added to ExtractSettings
-        since) has the default it had when it was written (engine: torch, the only one then)."""
-        return cls(**{"engine": "torch", **stored, "scales": tuple(stored["scales"])})
+        since) has the default it had when it was written (engine: torch, the only one then; upscale:
+        True, the default until 2026-12-02)."""
+        return cls(**{"engine": "torch", "upscale": True, **stored, "scales": tuple(stored["scales"])})
 
 
 def resolve_settings(net: RetrievalNet, settings: ExtractSettings | None = None,

@@ -94,9 +94,9 @@ def _add_descriptor_options(p: argparse.ArgumentParser, max_pixels_help: str) ->
                    help="longest image side in pixels (default: the model's, see `deepret models`)")
     p.add_argument("--scales", type=parse_scales, default=(1.0,), help="e.g. 1,0.707,1.414 (default 1)")
     p.add_argument("--flip", action="store_true", help="average with the horizontally flipped image")
-    p.add_argument("--no-upscale", action="store_true",
-                   help="keep images smaller than --size at their own size, as cirtorch does (default: enlarge "
-                        "them; see docs/benchmarks.md)")
+    p.add_argument("--upscale", action=argparse.BooleanOptionalAction, default=False,
+                   help="enlarge images smaller than --size to it (default --no-upscale: keep their own size, as "
+                        "cirtorch does; more accurate on both benchmarks, see docs/benchmarks.md)")
     _add_precision_option(p)
     _add_engine_options(p)
     p.add_argument("--max-pixels", type=positive_int, default=None, help=max_pixels_help)
