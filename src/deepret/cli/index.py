@@ -25,7 +25,7 @@ def cmd_build(args) -> int:
 def cmd_update(args) -> int:
     from deepret.index import Index
 
-    with Index.open(args.index, device=args.device, precision=args.precision) as index:
+    with Index.open(args.index, device=args.device, precision=args.precision, engine=args.engine) as index:
         report = index.update(progress=not args.quiet)
         print(f"{args.index}: {report.added} added, {report.changed} changed, {report.removed} removed, "
               f"{len(report.skipped)} skipped, {len(index)} images")
@@ -54,7 +54,7 @@ def cmd_info(args) -> int:
 def cmd_search(args) -> int:
     from deepret.index import Index
 
-    with Index.open(args.index, device=args.device, precision=args.precision) as index:
+    with Index.open(args.index, device=args.device, precision=args.precision, engine=args.engine) as index:
         result = index.search(args.image, box=args.box, k=args.topk, rerank=args.rerank)
         for rank, hit in enumerate(result.hits, 1):
             print(f"{rank}\t{hit.score:.4f}\t{hit.path}")

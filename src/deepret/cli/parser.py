@@ -67,6 +67,12 @@ def _add_index_precision_option(p: argparse.ArgumentParser) -> None:
                         "has no hardware support here), fp32, bf16 or fp16 (must match the index's, see docs/search.md)")
 
 
+def _add_index_engine_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--engine", type=_parse_engine, default="auto",
+                   help="of the queries and new photos: auto (default: openvino on the CPU, torch on CUDA and for "
+                        "bf16/fp16 indexes), torch or openvino; fp32 indexes: both give the same descriptors")
+
+
 def _add_device_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
 
@@ -289,6 +295,7 @@ def _add_index_parsers(sub) -> None:
     p.add_argument("--index", required=True, type=Path)
     _add_device_option(p)
     _add_index_precision_option(p)
+    _add_index_engine_option(p)
     _add_quiet_option(p)
 
     p = actions.add_parser("info", help="counts, model, factory, bytes per vector, skipped files")
@@ -308,6 +315,7 @@ def _add_index_parsers(sub) -> None:
                    help="re-rank, e.g. alpha-qe, dba+alpha-qe, diffusion (see docs/search.md)")
     _add_device_option(p)
     _add_index_precision_option(p)
+    _add_index_engine_option(p)
 
 
 def _add_serve_parser(sub) -> None:
@@ -322,3 +330,4 @@ def _add_serve_parser(sub) -> None:
     p.add_argument("--max-upload-mb", type=float, default=20.0, help="largest accepted upload (default 20 MB)")
     _add_device_option(p)
     _add_index_precision_option(p)
+    _add_index_engine_option(p)

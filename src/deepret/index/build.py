@@ -11,12 +11,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
 
+from deepret.engines.calibration import write_calibration_sample
 from deepret.errors import DeepretError
 from deepret.extract import ExtractSettings, extract, resolve_settings
 from deepret.imageio import DEFAULT_MAX_PIXELS, ImageError, image_size
@@ -25,12 +26,13 @@ from deepret.index.catalogue import CATALOGUE, Catalogue
 from deepret.index.identity import build_identity, check_same
 from deepret.index.lock import writer_lock
 from deepret.index.parts import barrier, merge_parts, open_part
-from deepret.index.photos import scan, unreadable_reason
+from deepret.index.photos import UNREADABLE, scan, unreadable_reason
 from deepret.models import DEFAULT_MODEL, RetrievalNet, get_model
 from deepret.runtime import distributed, setup_device
 from deepret.vectors import VectorIndex, fitting_factories, min_train_vectors
 
 CHUNK = 256  # files extracted per committed transaction
+CALIBRATION_LIST = "calibration.txt"  # int8 without --calibration: the collection's photos it was calibrated on
 
 Rows = Sequence[tuple[int, str]]  # (id, path relative to the photo folder) of catalogue file rows
 Outcome = tuple[dict[int, tuple[int, int]], np.ndarray, dict[int, str]]  # sizes, vectors, skipped of rows
@@ -111,9 +113,13 @@ def build_folder(photos: str | Path, index_dir: str | Path, model: str = DEFAULT
     rank, world, _ = distributed()
     device = setup_device(device) if world > 1 else device
     net = get_model(model, weights=weights)
+    files = scan(root, exclude=index_dir)
+    if settings is not None and settings.precision == "int8" and not settings.calibration:
+        index_dir.mkdir(parents=True, exist_ok=True)  # int8 without photos given: a sample of the collection
+        sample = write_calibration_sample(index_dir / CALIBRATION_LIST, root, [p for p, v in files.items() if v != UNREADABLE])
+        settings = replace(settings, calibration=str(sample))
     settings = resolve_settings(net, settings, device)
     want = build_identity(net, model, weights, settings, factory, backend, uri, root, max_pixels)
-    files = scan(root, exclude=index_dir)
     _check_trainable(factory, len(files), train_on, net.dim)
     job = ExtractJob(net, root, settings, device=device, max_pixels=max_pixels, workers=workers, progress=progress,
                      chunk=chunk, rank=rank, world=world)

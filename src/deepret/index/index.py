@@ -26,7 +26,14 @@ from deepret.index.lock import writer_lock
 from deepret.index.reranking import IndexReranking
 from deepret.index.update import UpdateReport, find_changes
 from deepret.models import RetrievalNet, get_model, model_fingerprint
-from deepret.precision import interchangeable, parse_precision, portable_precision, resolve_engine, resolve_precision
+from deepret.precision import (
+    interchangeable,
+    parse_engine,
+    parse_precision,
+    portable_precision,
+    resolve_engine,
+    resolve_precision,
+)
 from deepret.runtime import default_device
 
 BBox = Sequence[float]
@@ -61,7 +68,8 @@ class SearchResult:
 class Index:
     """A built index folder: catalogue.sqlite + vector backend."""
 
-    def __init__(self, index_dir: str | Path, device: str | None = None, precision: str = "auto") -> None:
+    def __init__(self, index_dir: str | Path, device: str | None = None, precision: str = "auto",
+                 engine: str = "auto") -> None:
         self.catalogue = Catalogue(index_dir)
         self.lock = threading.RLock()
         self.meta = self.catalogue.all_meta()
@@ -70,7 +78,7 @@ class Index:
             raise DeepretError(f"the build of index {index_dir} has not finished: run the same `deepret index "
                                "build` again to resume it")
         self.root = Path(self.meta["root"])
-        self.device, self.precision = device, parse_precision(precision)
+        self.device, self.precision, self.engine = device, parse_precision(precision), parse_engine(engine)
         self.settings = stored_settings(self.meta["settings"])
         self.backend = open_backend(self.catalogue)
         self._net: RetrievalNet | None = None
@@ -79,10 +87,13 @@ class Index:
         self.refresh()
 
     @classmethod
-    def open(cls, index_dir: str | Path, device: str | None = None, precision: str = "auto") -> Index:
+    def open(cls, index_dir: str | Path, device: str | None = None, precision: str = "auto",
+             engine: str = "auto") -> Index:
         """`precision`: of the queries and updates; auto: the stored one, or fp32 where that one is
-        emulated (deepret.precision.portable_precision); another: checked to match the stored one."""
-        return cls(index_dir, device, precision)
+        emulated (deepret.precision.portable_precision); another: checked to match the stored one.
+        `engine`: auto, torch or openvino (any of them for fp32 indexes: the same descriptors;
+        int8 only on openvino, bf16/fp16 only on torch)."""
+        return cls(index_dir, device, precision, engine)
 
     # --- state
     def refresh(self) -> None:
@@ -135,7 +146,16 @@ class Index:
                                f"is not measured to give the same ranking: use --precision auto or {stored}")
         else:
             precision = self.precision
-        engine = resolve_engine("openvino" if precision == "int8" else "auto", device, precision)
+        engine = self.engine
+        if precision == "int8":
+            if engine == "torch":
+                raise DeepretError(f"index {self.catalogue.dir} holds int8 descriptors, which only the openvino engine "
+                                   "computes: use --engine auto or openvino")
+            engine = "openvino"
+        elif precision in ("bf16", "fp16") and engine == "openvino":
+            raise DeepretError(f"index {self.catalogue.dir} holds {precision} descriptors, which only the torch engine "
+                               "computes: use --engine auto or torch, or --precision fp32 where it is interchangeable")
+        engine = resolve_engine(engine, device, precision)
         return replace(self.settings, engine=engine,
                        precision=resolve_precision(precision, backbone, device, engine=engine))
 

@@ -87,16 +87,16 @@ class ServeState:
 
 def create_app(index_dir: str | Path, token: str | None = None, allow_uploads: bool = False,
                max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, max_pixels: int = DEFAULT_MAX_UPLOAD_PIXELS,
-               device: str | None = None, precision: str = "auto") -> FastAPI:
+               device: str | None = None, precision: str = "auto", engine: str = "auto") -> FastAPI:
     """The app serving the index at `index_dir` (DeepretError at once if it is not an index).
 
     `token`: every /api call needs `Authorization: Bearer <token>`; `allow_uploads`: POST /api/images
     adds photos to the collection (under its uploads/ folder) and the index; `max_pixels`: of an uploaded
-    photo; `precision`: of the queries and uploads (Index.open).
+    photo; `precision`, `engine`: of the queries and uploads (Index.open).
     """
     from deepret.index import Index
 
-    index = Index.open(index_dir, device=device, precision=precision)
+    index = Index.open(index_dir, device=device, precision=precision, engine=engine)
     state = ServeState(index, Path(index_dir), token or None, allow_uploads, int(max_upload_bytes), int(max_pixels))
 
     @asynccontextmanager
