@@ -25,7 +25,7 @@ from deepret.index.catalogue import CATALOGUE, Catalogue
 from deepret.index.identity import build_identity, check_same
 from deepret.index.lock import writer_lock
 from deepret.index.parts import barrier, merge_parts, open_part
-from deepret.index.photos import scan, unreadable_reason
+from deepret.index.photos import by_count, scan, unreadable_reason
 from deepret.models import DEFAULT_MODEL, RetrievalNet, get_model
 from deepret.runtime import distributed, setup_device
 from deepret.vectors import VectorIndex, fitting_factories, min_train_vectors
@@ -113,14 +113,15 @@ def build_folder(photos: str | Path, index_dir: str | Path, model: str = DEFAULT
     net = get_model(model, weights=weights)
     settings = resolve_settings(net, settings, device)
     want = build_identity(net, model, weights, settings, factory, backend, uri, root, max_pixels)
-    files = scan(root, exclude=index_dir)
+    not_indexed: dict[str, int] = {}
+    files = scan(root, exclude=index_dir, not_indexed=not_indexed)
     _check_trainable(factory, len(files), train_on, net.dim)
     job = ExtractJob(net, root, settings, device=device, max_pixels=max_pixels, workers=workers, progress=progress,
                      chunk=chunk, rank=rank, world=world)
     with ExitStack() as stack:
         if rank == 0:
             stack.enter_context(writer_lock(index_dir))
-            _prepare(index_dir, want, files, net.meta.get("backbone"))
+            _prepare(index_dir, want, files, net.meta.get("backbone"), not_indexed)
         barrier(world)
         _extract_pending(index_dir, job, lambda: _training_vectors(job, train_on, factory))
     return net, device
@@ -164,8 +165,10 @@ def _extract_pending(index_dir: Path, job: ExtractJob, training: Callable[[], np
         cat.close()
 
 
-def _prepare(index_dir: Path, want: dict, files: dict[str, tuple[int, int]], backbone: str | None) -> None:
-    """Create the catalogue (or check it is this build's) and list the photos not yet in it."""
+def _prepare(index_dir: Path, want: dict, files: dict[str, tuple[int, int]], backbone: str | None,
+             not_indexed: dict[str, int]) -> None:
+    """Create the catalogue (or check it is this build's), list the photos not yet in it and store the
+    counts of the files not indexed (by suffix)."""
     fresh = not (index_dir / CATALOGUE).is_file()
     cat = Catalogue(index_dir, create=True)
     try:
@@ -184,6 +187,7 @@ def _prepare(index_dir: Path, want: dict, files: dict[str, tuple[int, int]], bac
                 Catalogue.set_meta(db, **want, state="building", version=0)
             db.executemany("INSERT OR IGNORE INTO files (path, size, mtime_ns) VALUES (?, ?, ?)",
                            [(p, s, m) for p, (s, m) in files.items()])
+            Catalogue.set_meta(db, not_indexed=by_count(not_indexed))
     finally:
         cat.close()
 
