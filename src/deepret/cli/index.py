@@ -8,6 +8,7 @@ def cmd_build(args) -> int:
     from deepret.cli.benchmarks import descriptor_settings
     from deepret.imageio import DEFAULT_MAX_PIXELS
     from deepret.index import build_index
+    from deepret.index.photos import not_indexed_line
     from deepret.runtime import is_main_process
 
     index = build_index(args.photos, args.index, model=args.model, weights=args.weights,
@@ -19,11 +20,14 @@ def cmd_build(args) -> int:
         info = index.info()
         print(f"{args.index}: {info['images']} images indexed, {len(info['skipped'])} skipped "
               f"(see `deepret index info --index {args.index}`)")
+        if info["not_indexed"]:
+            print(not_indexed_line(info["not_indexed"]))
     return 0
 
 
 def cmd_update(args) -> int:
     from deepret.index import Index
+    from deepret.index.photos import not_indexed_line
 
     with Index.open(args.index, device=args.device, precision=args.precision, engine=args.engine) as index:
         report = index.update(progress=not args.quiet)
@@ -31,11 +35,14 @@ def cmd_update(args) -> int:
               f"{len(report.skipped)} skipped, {len(index)} images")
         for s in report.skipped:
             print(f"  skipped {s['path']}: {s['reason']}")
+        if counts := index.info()["not_indexed"]:
+            print(not_indexed_line(counts))
     return 0
 
 
 def cmd_info(args) -> int:
     from deepret.index import Index
+    from deepret.index.photos import not_indexed_line
 
     with Index.open(args.index) as index:
         info = index.info()
@@ -48,6 +55,10 @@ def cmd_info(args) -> int:
     print(f"skipped: {len(info['skipped'])}")
     for s in info["skipped"]:
         print(f"  {s['path']}: {s['reason']}")
+    if info["not_indexed"] is None:
+        print("files not indexed: not counted (the index is older than the count): run `deepret index update`")
+    else:
+        print(not_indexed_line(info["not_indexed"]) or "files not indexed: none")
     return 0
 
 

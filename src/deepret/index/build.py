@@ -26,7 +26,7 @@ from deepret.index.catalogue import CATALOGUE, Catalogue
 from deepret.index.identity import build_identity, check_same
 from deepret.index.lock import writer_lock
 from deepret.index.parts import barrier, merge_parts, open_part
-from deepret.index.photos import UNREADABLE, scan, unreadable_reason
+from deepret.index.photos import UNREADABLE, by_count, scan, unreadable_reason
 from deepret.models import DEFAULT_MODEL, RetrievalNet, get_model
 from deepret.runtime import distributed, setup_device
 from deepret.vectors import VectorIndex, fitting_factories, min_train_vectors
@@ -113,7 +113,8 @@ def build_folder(photos: str | Path, index_dir: str | Path, model: str = DEFAULT
     rank, world, _ = distributed()
     device = setup_device(device) if world > 1 else device
     net = get_model(model, weights=weights)
-    files = scan(root, exclude=index_dir)
+    not_indexed: dict[str, int] = {}
+    files = scan(root, exclude=index_dir, not_indexed=not_indexed)
     if settings is not None and settings.precision == "int8" and not settings.calibration:
         index_dir.mkdir(parents=True, exist_ok=True)  # int8 without photos given: a sample of the collection
         sample = write_calibration_sample(index_dir / CALIBRATION_LIST, root, [p for p, v in files.items() if v != UNREADABLE])
@@ -126,7 +127,7 @@ def build_folder(photos: str | Path, index_dir: str | Path, model: str = DEFAULT
     with ExitStack() as stack:
         if rank == 0:
             stack.enter_context(writer_lock(index_dir))
-            _prepare(index_dir, want, files, net.meta.get("backbone"))
+            _prepare(index_dir, want, files, net.meta.get("backbone"), not_indexed)
         barrier(world)
         _extract_pending(index_dir, job, lambda: _training_vectors(job, train_on, factory))
     return net, device
@@ -170,8 +171,10 @@ def _extract_pending(index_dir: Path, job: ExtractJob, training: Callable[[], np
         cat.close()
 
 
-def _prepare(index_dir: Path, want: dict, files: dict[str, tuple[int, int]], backbone: str | None) -> None:
-    """Create the catalogue (or check it is this build's) and list the photos not yet in it."""
+def _prepare(index_dir: Path, want: dict, files: dict[str, tuple[int, int]], backbone: str | None,
+             not_indexed: dict[str, int]) -> None:
+    """Create the catalogue (or check it is this build's), list the photos not yet in it and store the
+    counts of the files not indexed (by suffix)."""
     fresh = not (index_dir / CATALOGUE).is_file()
     cat = Catalogue(index_dir, create=True)
     try:
@@ -190,6 +193,7 @@ def _prepare(index_dir: Path, want: dict, files: dict[str, tuple[int, int]], bac
                 Catalogue.set_meta(db, **want, state="building", version=0)
             db.executemany("INSERT OR IGNORE INTO files (path, size, mtime_ns) VALUES (?, ?, ?)",
                            [(p, s, m) for p, (s, m) in files.items()])
+            Catalogue.set_meta(db, not_indexed=by_count(not_indexed))
     finally:
         cat.close()
 

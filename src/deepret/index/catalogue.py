@@ -3,7 +3,8 @@
 One row per file (id, path relative to the collection root, size, mtime, width, height, status,
 reason); the raw float32 descriptor of every usable file, in append order (`seq`); the ids removed
 since the current vector-index file was written (`tombstones`); and `meta` (JSON values): root,
-model, fingerprint, settings, dimension, factory, backend, the current vector file and a `version`
+model, fingerprint, settings, dimension, factory, backend, the current vector file, `not_indexed`
+(the counts by suffix of the files the last scan found but does not index) and a `version`
 that every committed change bumps. Writers commit whole steps in one transaction, so a reader (its
 own snapshot under WAL) always sees a finished state.
 """

@@ -269,8 +269,8 @@ class Index:
         with writer_lock(cat.dir):
             net = self.load_model()
             with self.lock:
-                known, next_id = cat.files(), cat.next_file_id()
-            changes = find_changes(self.root, known, next_id, paths, exclude=cat.dir.resolve())
+                known, next_id, counted = cat.files(), cat.next_file_id(), cat.meta("not_indexed")
+            changes = find_changes(self.root, known, next_id, paths, exclude=cat.dir.resolve(), counted=counted)
             if changes:
                 changes.extract(ExtractJob(net, self.root, self.run_settings(net), self.device,
                                            self.meta.get("max_pixels"), progress=progress))
@@ -289,6 +289,7 @@ class Index:
             self.refresh()
             m = self.meta
             return {"root": str(self.root), "images": len(self), "skipped": self.catalogue.skipped(),
+                    "not_indexed": m.get("not_indexed"),  # {suffix: count}; None: counted by no build yet
                     "model": m["model"], "model_name": m["model_name"], "fingerprint": m["fingerprint"],
                     "settings": m["settings"], "dim": m["dim"], "factory": m["factory"], "backend": m["backend"],
                     "uri": m.get("uri"), "bytes_per_vector": self.backend.bytes_per_vector()}

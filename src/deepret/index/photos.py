@@ -1,4 +1,5 @@
-"""Which files of a collection are photos, and why one that cannot be opened is skipped."""
+"""Which files of a collection are photos, which are not (counted by kind), and why a photo that cannot be
+opened is skipped."""
 from __future__ import annotations
 
 import os
@@ -8,11 +9,21 @@ from deepret.errors import DeepretError
 from deepret.imageio import PHOTO_SUFFIXES
 
 UNREADABLE = (-1, -1)  # (size, mtime_ns) of a listed photo that cannot be stat'ed (a dangling link...)
+# Files a collection holds that are not photos the index reads: counted by suffix, said of their kind.
+RAW_SUFFIXES = (".dng", ".cr2", ".cr3", ".crw", ".nef", ".nrw", ".arw", ".srf", ".sr2", ".orf", ".rw2", ".raf",
+                ".pef", ".srw", ".x3f", ".3fr", ".iiq", ".rwl", ".erf", ".mrw", ".kdc", ".dcr")
+VIDEO_SUFFIXES = (".mov", ".mp4", ".m4v", ".avi", ".mkv", ".3gp", ".mts", ".m2ts", ".wmv", ".mpg", ".mpeg",
+                  ".webm", ".flv")
+SYSTEM_FILES = ("thumbs.db", "ehthumbs.db", "desktop.ini")  # left out unsaid, as hidden (dot) files are
+NO_SUFFIX = "(no suffix)"
 
 
-def scan(root: str | Path, exclude: Path | None = None) -> dict[str, tuple[int, int]]:
+def scan(root: str | Path, exclude: Path | None = None,
+         not_indexed: dict[str, int] | None = None) -> dict[str, tuple[int, int]]:
     """{path relative to root ('/' separators): (size, mtime_ns)} of every photo under root.
 
+    `not_indexed`, when given, gets {suffix (lower case): count} of the other files (RAW, videos,
+    documents...), hidden (dot) and system files (Thumbs.db, desktop.ini) left out.
     A name that cannot be stat'ed (a dangling symbolic link, no permission) is listed as UNREADABLE: it
     gets a catalogue row and is skipped with its reason at extraction (and retried once it changes). A
     file removed during the walk is left out, as if the walk had come a moment later."""
@@ -34,7 +45,30 @@ def scan(root: str | Path, exclude: Path | None = None) -> dict[str, tuple[int, 
                         found[path.relative_to(root).as_posix()] = UNREADABLE
                 except OSError:
                     found[path.relative_to(root).as_posix()] = UNREADABLE
+            elif not_indexed is not None and not name.startswith(".") and name.lower() not in SYSTEM_FILES:
+                suffix = os.path.splitext(name)[1].lower() or NO_SUFFIX
+                not_indexed[suffix] = not_indexed.get(suffix, 0) + 1
     return dict(sorted(found.items()))
+
+
+def kind_of(suffix: str) -> str:
+    """What a file not indexed is, by its suffix: 'RAW', 'video' or 'other'."""
+    return "RAW" if suffix in RAW_SUFFIXES else "video" if suffix in VIDEO_SUFFIXES else "other"
+
+
+def by_count(counts: dict[str, int]) -> dict[str, int]:
+    """The counts most first (then by suffix), as `Index.info()['not_indexed']` gives them."""
+    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def not_indexed_line(counts: dict[str, int]) -> str:
+    """'412 files not indexed: 300 .mov (video), 112 .cr2 (RAW, not supported)' ('' when there are none)."""
+    if not counts:
+        return ""
+    labels = {"RAW": " (RAW, not supported)", "video": " (video)", "other": ""}
+    parts = [f"{n} {suffix}{labels[kind_of(suffix)]}" for suffix, n in by_count(counts).items()]
+    total = sum(counts.values())
+    return f"{total} file{'s' if total != 1 else ''} not indexed: {', '.join(parts)}"
 
 
 def photo_in(root: Path, path: Path) -> str:
