@@ -48,7 +48,7 @@ STATIC = Path(__file__).parent / "static"
 MAX_K = 100
 MAX_FILES_PER_UPLOAD = 10
 MAX_ID = 2**63 - 1  # ids are SQLite integers: a larger number is refused (422), not looked up
-DOCS_ASSETS = "/docs-assets"  # Swagger UI and ReDoc served from the fastapi-offline package: /docs works offline
+DOCS_ASSETS = "/docs-assets"  # Swagger UI served from the fastapi-offline package: /docs works offline
 UPLOADS_FOLDER = "uploads"
 RERANK_TOGGLES = {"qe": "alpha-qe", "diffusion": "diffusion"}  # the page's toggles -> rerank specs
 
@@ -116,7 +116,8 @@ def create_app(index_dir: str | Path, token: str | None = None, allow_uploads: b
         await asyncio.to_thread(loader.join)
         index.close()
 
-    app = FastAPIOffline(title="deepret", version=__version__, lifespan=lifespan, static_url=DOCS_ASSETS,
+    # no /redoc: ReDoc fetches its logo from a CDN
+    app = FastAPIOffline(title="deepret", version=__version__, lifespan=lifespan, static_url=DOCS_ASSETS, redoc_url=None,
                          description="Search a photo collection by example: upload a photo (optionally a box on it) "
                                      "or pick an indexed one, get the most similar photos of the collection.")
     app.state.deepret = state
