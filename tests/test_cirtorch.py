@@ -369,3 +369,24 @@ def test_a_cirtorch_checkpoint_evaluates_through_the_cli(tmp_path, capsys, data_
     settings = ExtractSettings(size=256, engine="torch", precision="fp32")
     ours = extract(net, first, settings=settings, device="cpu", workers=0, progress=False).vectors
     assert cosines(db[:4], ours).min() >= 0.9999
+
+
+def test_openvino_and_multiscale_extraction_run_the_whitening_stages(tmp_path):
+    """The FC whitening + Lw stages run the same on the OpenVINO engine; several scales average the
+    whitened single-scale descriptors (deepret's rule for whitened networks; cirtorch instead applies
+    its multi-scale Lw to the scales' GeM power mean: docs/benchmarks.md)."""
+    from deepret.extract import ExtractSettings, extract
+    from deepret.models import l2n
+
+    root = require_data("oxford5k-mini")
+    net = deepret.load(CirtorchNet(whitening=True, lw=True, seed=7).checkpoint(tmp_path / "net.pth"))
+    images = sorted((root / "jpg").glob("*.jpg"))[:3]
+
+    def run(size, scales=(1.0,), engine="torch"):
+        settings = ExtractSettings(size=size, scales=scales, engine=engine, precision="fp32")
+        return extract(net, images, settings=settings, device="cpu", workers=0, progress=False).vectors
+
+    multi = run(160, (1.0, 0.7))
+    assert cosines(run(160, (1.0, 0.7), engine="openvino"), multi).min() >= 0.9999
+    expected = l2n(torch.from_numpy(run(160) + run(112))).numpy()  # 112 = 160 x 0.7
+    assert cosines(multi, expected).min() >= 0.9999

@@ -93,7 +93,7 @@ def list_models() -> list[dict[str, str | int]]:
             rows.append({"name": f"{entry.name}-{head}", "backbone": entry.name, "head": head,
                          "size": FC7_INPUT_SIZE if head == "fc7" else entry.default_size, "weights": entry.weights})
     for m in CIRTORCH_MODELS.values():
-        whitening = "FC whitening learned end to end" if m.whitening == "fc" else "Lw whitening"
+        whitening = "FC whitening" if m.whitening == "fc" else "Lw"
         rows.append({"name": m.name, "backbone": m.architecture, "head": m.pooling, "size": CIRTORCH_EVAL_SIZE,
-                     "weights": f"cirtorch, trained on {m.trained_on}, {whitening} (download: {m.url.rsplit('/', 1)[1]})"})
+                     "weights": f"cirtorch ({m.trained_on}, {whitening}): downloads {m.url.rsplit('/', 1)[1]}"})
     return rows
