@@ -299,9 +299,11 @@ def _query_boxes(root, name):
 
 def test_cirtorch_preprocessing_against_deeprets(tmp_path):
     """Real photos (oxford5k-mini database images and cropped queries) through cirtorch's
-    preprocessing and through deepret.extract (no upscaling, as cirtorch's thumbnail): deepret's
-    differences (shorter side rounded to 32 px, JPEG draft decoding, bilinear instead of Lanczos)
-    move each descriptor far less than the distance to any other photo's."""
+    preprocessing and through deepret.extract without upscaling (cirtorch's thumbnail only shrinks).
+    deepret decodes JPEGs in draft mode and resizes bilinearly (cirtorch: full decode, Lanczos) and
+    rounds the shorter side to 32 px: with round_to=1 each descriptor is closest to its own cirtorch
+    descriptor once the component every random-weight descriptor shares is left out; the 32 px
+    rounding moves them further (figures printed, in docs/models.md)."""
     from deepret.extract import ExtractSettings, extract
 
     root = require_data("oxford5k-mini")
@@ -309,22 +311,26 @@ def test_cirtorch_preprocessing_against_deeprets(tmp_path):
     ref = CirtorchNet(whitening=True, lw=True, seed=5)
     net = deepret.load(ref.checkpoint(tmp_path / "net.pth"))
     size = 256
-    images = [root / "jpg" / f"{n}.jpg" for n in gnd["imlist"][:6]]
-    boxes = [None] * 6
-    for q in range(3):
-        images.append(root / "jpg" / f"{gnd['qimlist'][q]}.jpg")
-        boxes.append(tuple(gnd["gnd"][q]["bbx"]))
+    names = gnd["imlist"][:6]
+    queries = [q for q, name in enumerate(gnd["qimlist"]) if name not in names][:3]  # photos not in the six
+    images = [root / "jpg" / f"{n}.jpg" for n in names] + [root / "jpg" / f"{gnd['qimlist'][q]}.jpg" for q in queries]
+    boxes = [None] * len(names) + [tuple(gnd["gnd"][q]["bbx"]) for q in queries]
     theirs = np.vstack([ref.descriptor(cirtorch_input(p, b, size)) for p, b in zip(images, boxes)])
-    same = {}
-    for round_to in (32, 1):
+    common = theirs.mean(axis=0)  # random weights: every descriptor shares one large component
+    same, centred, nearest_other = {}, {}, {}
+    for round_to in (1, 32):
         settings = ExtractSettings(size=size, upscale=False, engine="torch", precision="fp32", round_to=round_to)
         ours = extract(net, images, boxes, settings=settings, device="cpu", workers=0, progress=False).vectors
         same[round_to] = cosines(ours, theirs)
-        others = ours @ theirs.T
+        centred[round_to] = cosines(ours - common, theirs - common)
+        others = np.array([cosines(np.repeat([o], len(theirs), 0) - common, theirs - common) for o in ours])
         np.fill_diagonal(others, -1)
-        assert (same[round_to] > others.max(axis=1)).all(), (same[round_to], others.max(axis=1))
-    assert same[1].min() >= 0.999 and same[32].min() >= 0.99, same  # measured: 0.9997 and 0.9947
-    print({k: round(float(v.min()), 4) for k, v in same.items()})
+        nearest_other[round_to] = others.max(axis=1)
+    print("min cosine to cirtorch's", {k: round(float(v.min()), 4) for k, v in same.items()},
+          "centred", {k: round(float(v.min()), 3) for k, v in centred.items()},
+          "max centred cosine to another photo's", {k: round(float(v.max()), 3) for k, v in nearest_other.items()})
+    assert (centred[1] > nearest_other[1]).all(), (centred[1], nearest_other[1])
+    assert centred[1].min() >= 0.95 and same[1].min() >= 0.999 and same[32].min() >= 0.99, (same, centred)
 
 
 def _eval(data_root, dataset, model, tmp_path, *extra):
@@ -333,7 +339,7 @@ def _eval(data_root, dataset, model, tmp_path, *extra):
     report = tmp_path / f"{dataset}.json"
     code = main(["eval", "--dataset", dataset, "--root", str(data_root), "--model", str(model), "--size", "256",
                  "--engine", "torch", "--precision", "fp32", "--quiet", "--workers", "0", "--json", str(report),
-                 *extra])
+                 "--no-upscale", "--round-to", "1", *extra])
     assert code == 0
     return json.loads(report.read_text())
 
@@ -357,7 +363,7 @@ def test_a_cirtorch_checkpoint_evaluates_through_the_cli(tmp_path, capsys, data_
     # the descriptors the CLI evaluated (from its feature cache) are deepret's network's
     assert main(["extract", "--dataset", dataset, "--root", str(data_root), "--model", str(path), "--size", "256",
                  "--engine", "torch", "--precision", "fp32", "--quiet", "--workers", "0",
-                 "--out", str(tmp_path / "f.npz")]) == 0
+                 "--no-upscale", "--round-to", "1", "--out", str(tmp_path / "f.npz")]) == 0
     assert "(cached)" in capsys.readouterr().err
     with np.load(tmp_path / "f.npz") as z:
         db = z["db"]
@@ -366,7 +372,8 @@ def test_a_cirtorch_checkpoint_evaluates_through_the_cli(tmp_path, capsys, data_
     bench = load_benchmark(dataset, data_root)
     first = [bench.image_path(i) for i in range(4)]
     net = deepret.load(path)
-    settings = ExtractSettings(size=256, engine="torch", precision="fp32")
+    assert (report["settings"]["round_to"], report["settings"]["upscale"]) == (1, False)  # cirtorch's resizing
+    settings = ExtractSettings(size=256, engine="torch", precision="fp32", upscale=False, round_to=1)
     ours = extract(net, first, settings=settings, device="cpu", workers=0, progress=False).vectors
     assert cosines(db[:4], ours).min() >= 0.9999
 
