@@ -44,7 +44,7 @@ def published_file(url: str, what: str) -> tuple[Path, str]:
     where it came from. No hash is checked: the suffix of cirtorch's file names is not documented as one."""
     cached = hub_checkpoint_path(url)
     if cached.is_file():
-        return cached, f"{cached.name}, from the torch hub cache"
+        return cached, f"from the torch hub cache ({cached.parent})"
     cached.parent.mkdir(parents=True, exist_ok=True)
     try:
         torch.hub.download_url_to_file(url, str(cached), progress=True)  # a temporary file, renamed when complete
