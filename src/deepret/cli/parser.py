@@ -88,7 +88,8 @@ def _add_workers_option(p: argparse.ArgumentParser, default: int | None = None) 
 def _add_model_options(p: argparse.ArgumentParser) -> None:
     from deepret.models.registry import DEFAULT_MODEL
 
-    p.add_argument("--model", default=DEFAULT_MODEL, help="a name from `deepret models` or a checkpoint path")
+    p.add_argument("--model", default=DEFAULT_MODEL,
+                   help="a name from `deepret models` or a checkpoint path (deepret's or cirtorch's)")
     p.add_argument("--weights", default="imagenet",
                    help="imagenet (default), random, or a state_dict file (for model names)")
     _add_device_option(p)
@@ -103,6 +104,9 @@ def _add_descriptor_options(p: argparse.ArgumentParser, max_pixels_help: str) ->
     p.add_argument("--upscale", action=argparse.BooleanOptionalAction, default=False,
                    help="enlarge images smaller than --size to it (default --no-upscale: keep their own size, as "
                         "cirtorch does; more accurate on both benchmarks, see docs/benchmarks.md)")
+    p.add_argument("--round-to", type=positive_int, default=32,
+                   help="round the shorter side to a multiple of this many pixels, so that more images share a "
+                        "batch shape (default 32; 1 keeps the aspect ratio exactly, as cirtorch: docs/models.md)")
     _add_precision_option(p)
     _add_engine_options(p)
     p.add_argument("--max-pixels", type=positive_int, default=None, help=max_pixels_help)
