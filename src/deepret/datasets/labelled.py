@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from deepret.errors import DeepretError
-from deepret.imageio import PHOTO_SUFFIXES
 
 LIST_SUFFIXES = (".txt", ".lst")
 SOURCES_HINT = "give a folder of class sub-folders, a GLDv2 .csv or a .txt/.lst file of `path label` lines"
@@ -143,6 +142,8 @@ def _class_key(name: str) -> tuple[int, int, str]:
 
 
 def _from_folder(folder: Path) -> list[tuple[Path, str]]:
+    from deepret.imageio import PHOTO_SUFFIXES  # here: `deepret download` (this package) loads no torch
+
     pairs = [(f, sub.name)
              for sub in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
              for f in sorted(sub.iterdir()) if f.is_file() and f.suffix.lower() in PHOTO_SUFFIXES]
