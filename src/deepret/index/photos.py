@@ -47,8 +47,8 @@ def scan(root: str | Path, exclude: Path | None = None) -> dict[str, tuple[int, 
 
 def outside_link_reason(root: Path, path: Path) -> str | None:
     """Why `path` (under the resolved `root`) is not indexed when it is a symbolic link that resolves
-    outside the collection (None: not such a link)."""
-    if not os.path.islink(path):
+    outside the collection (None: not such a link; a broken link gets its own reason, unreadable_reason)."""
+    if not os.path.islink(path) or not os.path.exists(path):
         return None
     target = Path(os.path.realpath(path))
     if target.is_relative_to(root):
