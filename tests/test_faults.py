@@ -264,3 +264,17 @@ def test_every_backend_is_searched_and_updated_from_other_processes(tmp_path, ba
     assert done.returncode == 0 and done.stdout.split("\t")[2].strip() == found[4].name, done.stderr
     done = cli("index", "info", "--index", ix, "--json")
     assert done.returncode == 0 and json.loads(done.stdout)["backend"] == backend
+
+
+def test_os_errors_read_as_one_line_with_the_file_and_what_to_do():
+    import errno
+
+    from deepret.cli import error_message
+
+    denied = error_message(PermissionError(errno.EACCES, "Permission denied", f"/photos/{BAD}"))
+    assert denied == "/photos/bad\\xff\\xfename.jpg: permission denied: give a path you may write, or change its permissions"
+    full = error_message(OSError(errno.ENOSPC, "No space left on device", "/x/out.json"))
+    assert full.startswith("/x/out.json: no space left on the device")
+    assert "pip install 'deepret[milvus]'" in error_message(ModuleNotFoundError("no", name="milvus_lite"))
+    assert error_message(MemoryError()).startswith("out of memory: give a smaller --size")
+    assert error_message(ValueError("a bug")) is None  # a bug keeps its traceback

@@ -79,8 +79,8 @@ def disk_full(exc: BaseException) -> bool:
 def full_message(index_dir: Path, needed_bytes: int | None) -> str:
     """The one-line error of a full disk under `index_dir`."""
     free = shutil.disk_usage(index_dir).free
-    need = f"needs about {_mb(needed_bytes)} and " if needed_bytes else ""
-    return (f"disk full writing index {printable(index_dir)}: it {need}{_mb(free)} are free there; free some space "
+    need = f"it needs about {_mb(needed_bytes)}, " if needed_bytes else ""
+    return (f"disk full writing index {printable(index_dir)}: {need}{_mb(free)} are free there; free some space "
             "(or give an --index folder on another disk) and run the same command again: what was committed is kept")
 
 

@@ -26,7 +26,8 @@ def scan(root: str | Path, exclude: Path | None = None) -> dict[str, tuple[int, 
     file removed during the walk is left out, as if the walk had come a moment later."""
     root = Path(root)
     if not root.is_dir():
-        raise DeepretError(f"photo folder {printable(root)} not found: give a folder of photos")
+        what = "is a file, not a folder" if root.exists() else "not found"
+        raise DeepretError(f"photo folder {printable(root)} {what}: give a folder of photos")
     found = {}
     for folder, dirs, names in os.walk(root):
         dirs[:] = sorted(d for d in dirs if not d.startswith(".") and
