@@ -2,8 +2,8 @@
 
 One row per file (id, path relative to the collection root, size, mtime, width, height, status,
 reason: a file name is stored as its bytes, see `name_param`); the raw float32 descriptor of
-every usable file, in append order (`seq`); the ids removed
-since the current vector-index file was written (`tombstones`); and `meta` (JSON values): root,
+every usable file, in append order (`seq`); the ids removed since the current vector-index file
+was written (`tombstones`); and `meta` (JSON values): root,
 model, fingerprint, settings, dimension, factory, backend, the current vector file and a `version`
 that every committed change bumps. Writers commit whole steps in one transaction, so a reader (its
 own snapshot under WAL) always sees a finished state.
