@@ -37,6 +37,7 @@ def mini_copy(tmp_path):
 
 def test_eval_prints_table_writes_json_and_figure_then_reuses_features(capsys, data_root, tmp_path, monkeypatch):
     report, figure = tmp_path / "out" / "eval.json", tmp_path / "out" / "topk.png"
+    (tmp_path / "out").mkdir()  # outputs go into a folder that exists (deepret.fileio.check_output)
     code, out, err = run(capsys, "eval", "--dataset", "oxford5k-mini", "--root", str(data_root), *FAST,
                          "--json", str(report), "--figure", str(figure), "--query", "3", "--topk", "5")
     assert code == 0, err

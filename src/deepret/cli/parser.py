@@ -20,6 +20,26 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"deepret: error: {self.prog}: {message} (see `{self.prog} --help`)\n")
 
 
+def _output_file(text: str) -> Path:
+    """An output file named on the command line: its folder must exist (deepret.fileio.check_output)."""
+    from deepret.fileio import check_output
+
+    try:
+        return check_output(text)
+    except DeepretError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _output_folder(text: str) -> Path:
+    """An output folder named on the command line: deepret creates it, not the folders above it."""
+    from deepret.fileio import check_output
+
+    try:
+        return check_output(text, folder=True)
+    except DeepretError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _parse_precision(text: str) -> str:
     from deepret.precision import parse_precision  # torch-free: argparse applies it to the default too
 
@@ -138,12 +158,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("models", help="list the registered model names").set_defaults(handler=data.cmd_models)
 
     p = _benchmark_parser(sub, "extract", "extract and save a benchmark's descriptors", benchmarks.cmd_extract)
-    p.add_argument("--out", type=Path, default=None, help="also copy the features to this .npz file")
+    p.add_argument("--out", type=_output_file, default=None, help="also copy the features to this .npz file")
 
     p = _benchmark_parser(sub, "eval", "evaluate a model on a benchmark (mAP, mP@k, per-query AP)",
                           benchmarks.cmd_eval)
-    p.add_argument("--json", type=Path, default=None, help="write mAP per protocol, mP@k and per-query AP here")
-    p.add_argument("--figure", type=Path, default=None, help="write the top-k figure of --query here (PNG)")
+    p.add_argument("--json", type=_output_file, default=None, help="write mAP per protocol, mP@k and per-query AP here")
+    p.add_argument("--figure", type=_output_file, default=None, help="write the top-k figure of --query here (PNG)")
     p.add_argument("--query", type=nonnegative_int, default=0, help="query index for --figure (default 0)")
     p.add_argument("--topk", type=positive_int, default=10, help="results in --figure (default 10)")
     p.add_argument("--factory", default=None, help="also evaluate a FAISS index, e.g. IVF64,Flat or HNSW32")
@@ -154,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = _benchmark_parser(sub, "search", "draw a query and its top-K results", benchmarks.cmd_search)
     p.add_argument("--query", type=nonnegative_int, required=True, help="query index")
     p.add_argument("--topk", type=positive_int, default=10)
-    p.add_argument("--out", type=Path, required=True, help="PNG file to write")
+    p.add_argument("--out", type=_output_file, required=True, help="PNG file to write")
 
     _add_train_parsers(sub)
     _add_index_parsers(sub)
@@ -172,20 +192,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="longest image side for the descriptors (default: the model's evaluation size)")
     _add_workers_option(p)
     _add_precision_option(p)
-    p.add_argument("--out", required=True, type=Path, help="checkpoint to write")
+    p.add_argument("--out", required=True, type=_output_file, help="checkpoint to write")
 
     p = _benchmark_parser(sub, "tsne", "2-D t-SNE of a benchmark's database descriptors, coloured by landmark",
                           benchmarks.cmd_tsne)
     p.add_argument("--unlabeled", action="store_true", help="also draw images of no landmark, in grey")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, required=True, help="PNG file to write")
+    p.add_argument("--out", type=_output_file, required=True, help="PNG file to write")
 
     p = sub.add_parser("triplets", help="draw the training tuples mined by `deepret train rank`")
     p.set_defaults(handler=train.cmd_triplets)
     p.add_argument("--run", type=Path, required=True, help="a `train rank` run folder (holds tuples.jsonl)")
     p.add_argument("--epoch", type=positive_int, default=None, help="default: the last epoch")
     p.add_argument("--n", type=positive_int, default=4, help="tuples to draw")
-    p.add_argument("--out", type=Path, required=True, help="PNG file to write")
+    p.add_argument("--out", type=_output_file, required=True, help="PNG file to write")
 
     from deepret.study.config import add_arguments as add_study_arguments
 
@@ -199,13 +219,13 @@ def build_parser() -> argparse.ArgumentParser:
                    "names under --root or image folders (default: the database itself)")
     p.add_argument("--factories", default=None, help="FAISS factories separated by ';' (default: Flat, SQfp16, "
                    "SQ8, PQ/OPQ with 8-64 sub-quantizers of 4- and 8-bit codes)")
-    p.add_argument("--out", type=Path, required=True, help="folder for compression.json, .md and .png")
+    p.add_argument("--out", type=_output_folder, required=True, help="folder for compression.json, .md and .png")
 
     p = _benchmark_parser(sub, "robustness", "mAP and per-query AP under flipped, rotated, downscaled and JPEG queries",
                           benchmarks.cmd_robustness)
     p.add_argument("--transforms", default=None, help="comma-separated subset of: original, flip, rotate 5, "
                    "rotate 10, rotate 90, rotate 180, downscale 1/2, 1/4, 1/8, jpeg 90, 50, 10 (default: all)")
-    p.add_argument("--out", type=Path, required=True, help="folder for robustness.json, .md and .png")
+    p.add_argument("--out", type=_output_folder, required=True, help="folder for robustness.json, .md and .png")
 
     p = sub.add_parser("download", help="download a benchmark's images and ground truth")
     p.set_defaults(handler=data.cmd_download)
@@ -217,7 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=data.cmd_convert_gt)
     p.add_argument("gt_dir", type=Path)
     p.add_argument("--imlist", required=True, type=Path, help="image list: a text file (one name a line) or a jpg/ folder")
-    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--out", required=True, type=_output_file)
     return parser
 
 
@@ -233,7 +253,7 @@ def _add_train_parsers(sub) -> None:
         _add_model_options(p)
         p.add_argument("--data", required=True, help="class folders, a GLDv2 CSV or a list file of `path label`")
         p.add_argument("--data-root", type=Path, default=None, help="image root for a CSV or list file")
-        p.add_argument("--out", required=True, type=Path, help="run folder: checkpoints, log.jsonl, loss.png")
+        p.add_argument("--out", required=True, type=_output_folder, help="run folder: checkpoints, log.jsonl, loss.png")
         p.add_argument("--epochs", type=positive_int, default=d.epochs)
         p.add_argument("--batch-size", type=positive_int, default=d.batch_size,
                        help="images (classify) or tuples (rank) per step")
@@ -285,7 +305,7 @@ def _add_index_parsers(sub) -> None:
     p = actions.add_parser("build", help="index every photo under PHOTOS (resumes an interrupted build)")
     p.set_defaults(handler=index.cmd_build)
     p.add_argument("photos", type=Path, help="folder of photos (jpg, jpeg, png, webp, bmp, tif; searched recursively)")
-    p.add_argument("--index", required=True, type=Path, help="index folder to write")
+    p.add_argument("--index", required=True, type=_output_folder, help="index folder to write (its parent must exist)")
     _add_model_options(p)
     _add_descriptor_options(p, "skip larger images (default 100 Mpx)")
     p.add_argument("--factory", default="Flat", help="FAISS factory: Flat (exact, default), HNSW32, IVF1024,Flat, "
@@ -313,8 +333,8 @@ def _add_index_parsers(sub) -> None:
     p.add_argument("image", type=Path, help="query photo")
     p.add_argument("--box", type=parse_box, default=None, help="x1,y1,x2,y2: search with this part of the photo")
     p.add_argument("--topk", type=positive_int, default=10)
-    p.add_argument("--json", type=Path, default=None, help="write the results here")
-    p.add_argument("--figure", type=Path, default=None, help="draw the query and its top K here (PNG)")
+    p.add_argument("--json", type=_output_file, default=None, help="write the results here")
+    p.add_argument("--figure", type=_output_file, default=None, help="draw the query and its top K here (PNG)")
     p.add_argument("--rerank", default=None, metavar="SPEC",
                    help="re-rank, e.g. alpha-qe, dba+alpha-qe, diffusion (see docs/search.md)")
     _add_device_option(p)

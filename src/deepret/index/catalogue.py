@@ -1,10 +1,11 @@
 """The index's SQLite catalogue (WAL): files, raw descriptors, settings; the source of truth.
 
 One row per file (id, path relative to the collection root, size, mtime, width, height, status,
-reason); the raw float32 descriptor of every usable file, in append order (`seq`); the ids removed
-since the current vector-index file was written (`tombstones`); and `meta` (JSON values): root,
-model, fingerprint, settings, dimension, factory, backend, the current vector file, `not_indexed`
-(the counts by suffix of the files the last scan found but does not index) and a `version`
+reason: a file name is stored as its bytes, see `name_param`); the raw float32 descriptor of
+every usable file, in append order (`seq`); the ids removed since the current vector-index file
+was written (`tombstones`); and `meta` (JSON values): root, model, fingerprint, settings,
+dimension, factory, backend, the current vector file, `not_indexed` (the counts by suffix of the
+files the last scan found but does not index) and a `version`
 that every committed change bumps. Writers commit whole steps in one transaction, so a reader (its
 own snapshot under WAL) always sees a finished state.
 """
@@ -34,6 +35,19 @@ CREATE TABLE IF NOT EXISTS tombstones (id INTEGER PRIMARY KEY);
 """
 
 
+NAME = "CAST(? AS TEXT)"  # the SQL parameter of a file name, bound with name_param
+
+
+def name_param(name: str) -> bytes:
+    """A file name (a str that holds undecodable bytes as surrogate escapes, os.fsdecode) as the bytes
+    the catalogue stores, bound as NAME: any name the file system allows is kept as it is."""
+    return name.encode("utf-8", "surrogateescape")
+
+
+def _name_text(raw: bytes) -> str:
+    return raw.decode("utf-8", "surrogateescape")
+
+
 class Catalogue:
     """A connection to DIR/catalogue.sqlite; `write()` and `read()` are transactions."""
 
@@ -48,6 +62,7 @@ class Catalogue:
         self.dir.mkdir(parents=True, exist_ok=True)
         try:
             self.db = sqlite3.connect(path, timeout=120, isolation_level=None, check_same_thread=False)
+            self.db.text_factory = _name_text  # names that are not UTF-8 come back as they were stored
             self.db.execute(f"PRAGMA journal_mode={'WAL' if wal else 'DELETE'}")
             if wal:
                 self.db.execute("PRAGMA synchronous=NORMAL")

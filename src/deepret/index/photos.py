@@ -1,11 +1,19 @@
-"""Which files of a collection are photos, which are not (counted by kind), and why a photo that cannot be
-opened is skipped."""
+"""Which files of a collection are photos, which are not (counted by kind), and why a photo that cannot
+be opened is skipped.
+
+Names are kept as the file system gives them (os.walk's str: bytes that are not UTF-8 are surrogate
+escapes), so a name that is not UTF-8 or holds a newline is indexed like any other; outputs show
+names with deepret.fileio.printable. Symbolic links follow one rule: a link to a photo inside the
+collection is indexed (and served) under its own name, a link that resolves outside the collection
+is listed and skipped with the reason "symlink out of the collection" (its photo is never read, nor
+served). Links to folders are not followed."""
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
 from deepret.errors import DeepretError
+from deepret.fileio import printable
 from deepret.imageio import PHOTO_SUFFIXES
 
 UNREADABLE = (-1, -1)  # (size, mtime_ns) of a listed photo that cannot be stat'ed (a dangling link...)
@@ -29,7 +37,8 @@ def scan(root: str | Path, exclude: Path | None = None,
     file removed during the walk is left out, as if the walk had come a moment later."""
     root = Path(root)
     if not root.is_dir():
-        raise DeepretError(f"photo folder {root} not found: give a folder of photos")
+        what = "is a file, not a folder" if root.exists() else "not found"
+        raise DeepretError(f"photo folder {printable(root)} {what}: give a folder of photos")
     found = {}
     for folder, dirs, names in os.walk(root):
         dirs[:] = sorted(d for d in dirs if not d.startswith(".") and
@@ -71,6 +80,17 @@ def not_indexed_line(counts: dict[str, int]) -> str:
     return f"{total} file{'s' if total != 1 else ''} not indexed: {', '.join(parts)}"
 
 
+def outside_link_reason(root: Path, path: Path) -> str | None:
+    """Why `path` (under the resolved `root`) is not indexed when it is a symbolic link that resolves
+    outside the collection (None: not such a link; a broken link gets its own reason, unreadable_reason)."""
+    if not os.path.islink(path) or not os.path.exists(path):
+        return None
+    target = Path(os.path.realpath(path))
+    if target.is_relative_to(root):
+        return None
+    return f"symlink out of the collection (to {printable(target)}): copy the photo into the folder to index it"
+
+
 def photo_in(root: Path, path: Path) -> str:
     """The path relative to root of a photo given to be indexed (DeepretError if it is outside root, missing
     or not a photo)."""
@@ -78,11 +98,12 @@ def photo_in(root: Path, path: Path) -> str:
     try:
         rel = path.resolve().relative_to(root)
     except ValueError:
-        raise DeepretError(f"{path} is not inside the indexed folder {root}: copy it there first") from None
+        raise DeepretError(f"{printable(path)} is not inside the indexed folder {printable(root)} (a symlink out "
+                           "of the collection is not indexed): copy it there first") from None
     if not path.is_file():
-        raise DeepretError(f"{path} not found: give a photo inside {root}")
+        raise DeepretError(f"{printable(path)} not found: give a photo inside {printable(root)}")
     if not path.name.lower().endswith(PHOTO_SUFFIXES):
-        raise DeepretError(f"{path} is not a photo ({', '.join(PHOTO_SUFFIXES)})")
+        raise DeepretError(f"{printable(path)} is not a photo ({', '.join(PHOTO_SUFFIXES)})")
     return rel.as_posix()
 
 
@@ -97,7 +118,7 @@ def unreadable_reason(path: Path, reason: str) -> str:
     except OSError as exc:
         return f"cannot be read ({exc.strerror or exc})"
     if os.path.islink(path) and not os.path.exists(path):
-        return f"is a broken symbolic link (to {os.readlink(path)})"
+        return f"is a broken symbolic link (to {printable(os.readlink(path))})"
     try:
         with open(path, "rb") as f:
             f.read(1)

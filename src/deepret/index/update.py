@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from deepret.index.build import ExtractJob, Rows, record
-from deepret.index.catalogue import Catalogue
+from deepret.index.catalogue import NAME, Catalogue, name_param
 from deepret.index.photos import UNREADABLE, by_count, photo_in, scan
 
 
@@ -60,8 +60,8 @@ class Changes:
     def commit(self, db) -> None:
         """All the changes, in the caller's write transaction."""
         Catalogue.remove(db, self.drop)
-        db.executemany("INSERT INTO files (id, path, size, mtime_ns) VALUES (?, ?, ?, ?)",
-                       [(i, p, *self.stats[p]) for i, p in self.rows])
+        db.executemany(f"INSERT INTO files (id, path, size, mtime_ns) VALUES (?, {NAME}, ?, ?)",
+                       [(i, name_param(p), *self.stats[p]) for i, p in self.rows])
         record(db, self.rows, self.sizes, self.vectors, self.skipped)
         if self.not_indexed is not None:
             Catalogue.set_meta(db, not_indexed=self.not_indexed)
