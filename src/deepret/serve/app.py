@@ -26,7 +26,7 @@ from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
 from deepret.errors import DeepretError
-from deepret.fileio import atomic_write_bytes
+from deepret.fileio import atomic_write_bytes, printable
 from deepret.imageio import PHOTO_SUFFIXES, ImageError, image_size
 from deepret.serve.inputs import (
     DEFAULT_MAX_UPLOAD_BYTES,
@@ -236,7 +236,7 @@ def _search(state: ServeState, photo: Photo | None, image_id: int | None, box_te
     found = result.to_dict(rounded=True)
     timings = {**found["timings_ms"], "total": round((time.perf_counter() - start) * 1000, 2)}
     return {"query": {**query, "width": w, "height": h, "box": list(box) if box else None},
-            "k": k, "offset": offset, "rerank": rerank, "total": found["total"], "results": found["hits"],
+            "k": k, "offset": offset, "rerank": rerank, "total": found["total"], "results": state.redact.value(found["hits"]),
             "more": offset + len(found["hits"]) < found["total"], "timings": timings}
 
 
@@ -258,7 +258,7 @@ def _add(state: ServeState, photos: list[Photo]) -> dict:
 
 def _relative(state: ServeState, path: Path) -> str:
     root = Path(state.index.root).resolve()
-    return Path(path).resolve().relative_to(root).as_posix()
+    return printable(Path(path).resolve().relative_to(root).as_posix(), backslash=False)
 
 
 def _json_safe(value: Any) -> Any:

@@ -1,11 +1,14 @@
 """Keeping the server's own paths out of what the app sends: paths inside the collection become relative
-to it, any other absolute path keeps only its last name (`…/name`)."""
+to it, any other absolute path keeps only its last name (`…/name`); names that are not UTF-8 (or hold
+control characters) are shown escaped, as deepret.fileio.printable writes them."""
 from __future__ import annotations
 
 import os
 import re
 from pathlib import Path
 from typing import Any
+
+from deepret.fileio import printable
 
 # An absolute POSIX path in a message: a '/' not preceded by a name, a dot, a scheme colon or another '/',
 # up to a space, a quote or a bracket. '1/2', 'image/jpeg' and 'uploads/x.jpg' are not matched.
@@ -22,7 +25,7 @@ class Redactor:
     def text(self, text: str) -> str:
         for root in self.roots:
             text = text.replace(root + os.sep, "")
-        return ABSOLUTE.sub(_last_name, text)
+        return printable(ABSOLUTE.sub(_last_name, text), backslash=False)
 
     def value(self, value: Any) -> Any:
         """Strings redacted in nested dicts and lists (keys included); other values as they are."""
