@@ -10,6 +10,7 @@ import numpy as np
 
 from deepret.index.build import ExtractJob, Rows, record
 from deepret.index.catalogue import Catalogue
+from deepret.index.checks import fault_point
 from deepret.index.photos import UNREADABLE, photo_in, scan
 
 
@@ -52,6 +53,7 @@ class Changes:
             self.skipped.update(skipped)
             vectors.append(v)
         self.vectors = np.concatenate(vectors)
+        fault_point("after-extract")
         paths = dict(self.rows)
         self.report.skipped = [{"path": paths[i], "reason": r} for i, r in sorted(self.skipped.items())]
 
