@@ -183,7 +183,7 @@ def test_each_damage_is_found_and_repaired_to_the_same_results(small, tmp_path, 
         assert main(["index", "search", "--index", str(ix), str(queries[0])]) == 2
         [line] = capsys.readouterr().err.strip().splitlines()
         assert line.startswith("deepret: error: ") and "deepret index repair" in line
-    assert main(["index", "repair", "--index", str(ix), "--quiet"]) == 0
+    assert main(["index", "repair", "--index", str(ix)]) == 0
     assert "repaired" in capsys.readouterr().out
     assert verify(ix) == []
     assert _results(ix, queries) == before

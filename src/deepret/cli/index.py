@@ -91,7 +91,7 @@ def cmd_verify(args) -> int:
 def cmd_repair(args) -> int:
     from deepret.index.integrity import repair
 
-    report = repair(args.index, device=args.device, progress=not args.quiet)
+    report = repair(args.index, device=args.device)
     for line in report.done:
         print(f"  {line}")
     print(f"{args.index}: {'repaired' if report.done else 'nothing to repair'}; "

@@ -306,7 +306,6 @@ def _add_index_parsers(sub) -> None:
     p.set_defaults(handler=index.cmd_repair)
     p.add_argument("--index", required=True, type=Path)
     _add_device_option(p)
-    _add_quiet_option(p)
 
     p = actions.add_parser("search", help="search the index with an image")
     p.set_defaults(handler=index.cmd_search)

@@ -186,7 +186,7 @@ def _some(ids) -> str:
 
 
 # --- repair
-def repair(index_dir: str | Path, device: str | None = None, progress: bool = False) -> RepairReport:
+def repair(index_dir: str | Path, device: str | None = None) -> RepairReport:
     """Mend the index at `index_dir` (see the module's docstring); afterwards `verify` finds nothing."""
     index_dir = Path(index_dir).resolve()
     report = RepairReport()
