@@ -219,3 +219,29 @@ def test_updates_killed_between_commit_and_publish_leave_a_working_index(small, 
         assert sorted(index.path_of(int(i)).name for i in ids) == sorted(p.name for p in photos.glob("*.jpg"))
         assert len(index.search_vector(index.vectors()[1][0], k=50).hits) == len(ids)
     assert verify(ix) == []
+
+
+def test_salvage_reads_every_row_around_a_damaged_page(tmp_path):
+    from deepret.index.integrity import _salvage
+
+    cat = Catalogue(tmp_path, create=True)
+    with cat.write() as db:
+        db.executemany("INSERT INTO files (id, path, status) VALUES (?, ?, 'ok')",
+                       [(i, f"folder/photo-{i:05d}.jpg") for i in range(1, 3001)])
+    cat.close()
+    db = sqlite3.connect(tmp_path / "catalogue.sqlite")
+    if not db.execute("SELECT 1 FROM pragma_module_list WHERE name = 'dbstat'").fetchone():
+        pytest.skip("this SQLite has no dbstat table to find a leaf page of the files table")
+    leaf = db.execute("SELECT pageno FROM dbstat WHERE name = 'files' AND pagetype = 'leaf' ORDER BY pageno "
+                      "LIMIT 1 OFFSET 10").fetchone()[0]
+    page = db.execute("PRAGMA page_size").fetchone()[0]
+    db.close()
+    with open(tmp_path / "catalogue.sqlite", "r+b") as f:  # one leaf page of the files table destroyed
+        f.seek((leaf - 1) * page)
+        f.write(np.random.default_rng(3).bytes(page))
+    with pytest.raises(sqlite3.DatabaseError):
+        sqlite3.connect(tmp_path / "catalogue.sqlite").execute("SELECT status FROM files").fetchall()
+    rows = _salvage(tmp_path / "catalogue.sqlite")["files"]
+    ids = [r[0] for r in rows]
+    assert ids == sorted(set(ids)) and 2800 < len(ids) < 3000  # all but the rows of that one page
+    assert all(r[1] == f"folder/photo-{r[0]:05d}.jpg" for r in rows)
