@@ -1,4 +1,4 @@
-"""`deepret index build|update|info|search`: one handler per action.
+"""`deepret index build|update|info|search|verify|repair`: one handler per action.
 
 File names are shown with deepret.fileio.printable, in text and in JSON ("path" fields): one line
 each, valid UTF-8, a byte that is not UTF-8 written \\xHH (docs/search.md, "File names")."""
@@ -96,4 +96,29 @@ def cmd_search(args) -> int:
                         ["result"] * len(result.hits), args.figure, title=f"{args.image.name} in {index.root.name}",
                         scores=[h.score for h in result.hits])
             print(f"wrote {printable(args.figure)}")
+    return 0
+
+
+def cmd_verify(args) -> int:
+    import sys
+
+    from deepret.index.integrity import verify
+
+    problems = verify(args.index)
+    for line in problems:
+        print(f"deepret: error: {line}", file=sys.stderr)
+    if problems:
+        return 2
+    print(f"{args.index}: intact (catalogue, descriptors, vector file, parts and caches checked)")
+    return 0
+
+
+def cmd_repair(args) -> int:
+    from deepret.index.integrity import repair
+
+    report = repair(args.index, device=args.device)
+    for line in report.done:
+        print(f"  {line}")
+    print(f"{args.index}: {'repaired' if report.done else 'nothing to repair'}; "
+          f"`deepret index verify --index {args.index}` finds no problem")
     return 0

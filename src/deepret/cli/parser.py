@@ -327,6 +327,17 @@ def _add_index_parsers(sub) -> None:
     p.add_argument("--index", required=True, type=Path)
     p.add_argument("--json", action="store_true", help="print JSON")
 
+    p = actions.add_parser("verify", help="check every file of the index (checksums, catalogue); one line per "
+                                          "problem, exit status 2 if any")
+    p.set_defaults(handler=index.cmd_verify)
+    p.add_argument("--index", required=True, type=Path)
+
+    p = actions.add_parser("repair", help="rebuild what is damaged from what is intact (re-extracts only photos "
+                                          "whose descriptors were lost)")
+    p.set_defaults(handler=index.cmd_repair)
+    p.add_argument("--index", required=True, type=Path)
+    _add_device_option(p)
+
     p = actions.add_parser("search", help="search the index with an image")
     p.set_defaults(handler=index.cmd_search)
     p.add_argument("--index", required=True, type=Path)

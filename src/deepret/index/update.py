@@ -10,6 +10,7 @@ import numpy as np
 
 from deepret.index.build import ExtractJob, Rows, record
 from deepret.index.catalogue import NAME, Catalogue, name_param
+from deepret.index.checks import fault_point
 from deepret.index.photos import UNREADABLE, by_count, photo_in, scan
 
 
@@ -54,6 +55,7 @@ class Changes:
             self.skipped.update(skipped)
             vectors.append(v)
         self.vectors = np.concatenate(vectors)
+        fault_point("after-extract")
         paths = dict(self.rows)
         self.report.skipped = [{"path": paths[i], "reason": r} for i, r in sorted(self.skipped.items())]
 
