@@ -11,6 +11,9 @@ extraction time of both; `x lite0` is that speed over the first model's at the s
 in the same process. The chosen default per model is the size with the best mean of the three mAPs;
 the default model is the most accurate one (mean mAP at its default size) unless it extracts under
 --min-ips images/s there, then the next most accurate (the fastest when none reaches --min-ips).
+On a machine shared with other jobs the measured images/s say little; --reference-ips R (the first
+model's images/s on an idle machine, at the size the models' defaults fall on) judges each model by
+R times its `x lite0` ratio at its default size instead, the ratio measured in this process.
 Results are appended to --json as they come, so an interrupted sweep goes on where it stopped.
 """
 from __future__ import annotations
@@ -47,19 +50,21 @@ def run_one(net, bench, size: int) -> tuple[dict[str, float], int, float]:
     return {p: round(float(r.map), 2) for p, r in results.items()}, len(db_paths) + len(q_paths), seconds
 
 
-def choose(rows: list[dict], models: list[str], min_ips: float) -> dict:
-    """Default size per model (best mean mAP) and the default model by the rule in the docstring."""
+def choose(rows: list[dict], models: list[str], min_ips: float, reference_ips: float | None = None) -> dict:
+    """Default size per model (best mean mAP) and the default model by the rule in the docstring;
+    with `reference_ips` a model's speed is that times its `speed_ratio` (rows need it then)."""
     per_model = {}
     for m in models:
         mine = [r for r in rows if r["model"] == m]
         if not mine:
             continue
         best = max(mine, key=lambda r: r["mean_map"])
-        per_model[m] = {"size": best["size"], "mean_map": best["mean_map"], "ips": best["ips"]}
+        ips = best["ips"] if reference_ips is None else round(reference_ips * best["speed_ratio"], 2)
+        per_model[m] = {"size": best["size"], "mean_map": best["mean_map"], "ips": ips}
     ranked = sorted(per_model, key=lambda m: -per_model[m]["mean_map"])
     fastest = max(per_model, key=lambda m: per_model[m]["ips"], default=None)
     default = next((m for m in ranked if per_model[m]["ips"] >= min_ips), fastest)  # none fast enough: the fastest
-    return {"per_model": per_model, "default_model": default, "min_ips": min_ips}
+    return {"per_model": per_model, "default_model": default, "min_ips": min_ips, "reference_ips": reference_ips}
 
 
 def mean_map(maps: dict[str, dict[str, float]]) -> float:
@@ -82,6 +87,8 @@ def main() -> None:
     ap.add_argument("--models", default="efficientnet_lite0-gem,efficientnet_lite1-gem,efficientnet_lite2-gem")
     ap.add_argument("--root", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
     ap.add_argument("--min-ips", type=float, default=5.0, help="slowest acceptable default (images/s)")
+    ap.add_argument("--reference-ips", type=float, default=None,
+                    help="the first model's images/s at its default size on an idle machine: judge speed by ratio")
     ap.add_argument("--json", type=Path, default=Path("size_sweep.json"), help="results (appended, resumable)")
     args = ap.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
@@ -118,13 +125,14 @@ def main() -> None:
     base = {r["size"]: r["ips"] for r in rows if r["model"] == models[0]}
     for r in rows:
         r["speed_ratio"] = round(r["ips"] / base[r["size"]], 2) if r["size"] in base else float("nan")
-    state["choice"] = choose(rows, models, args.min_ips)
+    state["choice"] = choose(rows, models, args.min_ips, args.reference_ips)
     args.json.write_text(json.dumps(state, indent=2) + "\n")
     print()
     print(table(rows, models))
     print()
     for m, c in state["choice"]["per_model"].items():
-        print(f"{m}: default size {c['size']} (mean mAP {c['mean_map']:.2f}, {c['ips']:.1f} img/s)")
+        how = "img/s" if args.reference_ips is None else f"img/s = {args.reference_ips:g} x its x lite0"
+        print(f"{m}: default size {c['size']} (mean mAP {c['mean_map']:.2f}, {c['ips']:.1f} {how})")
     print(f"default model (most accurate with >= {args.min_ips:g} img/s at its size): {state['choice']['default_model']}")
 
 

@@ -2,9 +2,10 @@
 
     python bench/upscale_map.py --model efficientnet_lite2-gem --sizes 384,1024 --json upscale_map.json
 
-deepret enlarges every image (and every cropped query) to the longest side --size by default;
-cirtorch's `thumbnail` only shrinks, so a small crop keeps its own size. On oxford5k-mini (42 of 54
-photos are crops) and rparis6k-mini (full-size photos, cropped queries), fp32, whole benchmarks.
+By default (`upscale=False`, as cirtorch's `thumbnail`) an image or cropped query smaller than
+--size keeps its own size; `--upscale` enlarges it to the longest side --size. Both are measured
+here on oxford5k-mini (42 of 54 photos are crops) and rparis6k-mini (full-size photos, cropped
+queries), fp32, whole benchmarks, no feature cache.
 """
 from __future__ import annotations
 
