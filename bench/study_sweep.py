@@ -11,7 +11,7 @@ AlexNet's fc7 role for 1b. Each training is scored after every epoch, so a run o
 gives the scores of the shorter budgets. Prints a markdown table and appends to <out>/sweep.jsonl.
 
   starts:   the untrained network, PCA-whitening and Lw starts of the projection (no training)
-  rank:     --configs "lr:queries:init,..." each trained --epochs epochs (triplet, no augmentation)
+  rank:     --configs "lr:queries:init[:margin],..." each trained --epochs epochs (triplet, no augmentation)
   classify: --configs "lr:freeze,..." each trained --epochs epochs (cross-entropy, new last layer)
 """
 from __future__ import annotations
@@ -67,20 +67,21 @@ def rank(cfg, train, val, out: Path, configs: list[str], epochs: int) -> None:
     model = choose_network(cfg, STEP_BY_ID["1f"], {}).model
     usable, _ = rankable(train)
     for spec in configs:
-        lr, queries, init = spec.split(":")
+        lr, queries, init, margin = (spec.split(":") + ["0.1"])[:4]
         proj = min(cfg.proj, create_model(model).dim if init == "lw" else len(usable) - 1)
-        folder = out / f"rank-{model}-lr{lr}-q{queries}-{init}-p{proj}"
+        folder = out / f"rank-{model}-lr{lr}-q{queries}-{init}-p{proj}-m{margin}-s{cfg.rank.size}"
         t0 = time.time()
         last = folder / "last.pt"
         if not last.is_file():
             tc = train_config("rank", folder, epochs=epochs, batch_size=cfg.rank.batch_size, size=cfg.rank.size,
                               lr=float(lr), seed=cfg.seed, progress=False)
-            train_rank(usable, model, tc, loss="triplet", negatives=cfg.negatives, pool_size=cfg.pool_size,
+            train_rank(usable, model, tc, loss="triplet", margin=float(margin), negatives=cfg.negatives, pool_size=cfg.pool_size,
                        queries=int(queries), proj=proj, proj_init=init, proj_shrinkage=cfg.whiten_shrinkage)
         seconds = round(time.time() - t0, 1)
         for e in range(1, epochs + 1):
             emit(out, {"part": "rank", "model": model, "init": init, "proj": proj, "lr": float(lr),
-                       "queries": int(queries), "epochs": e, "train_s_total": seconds,
+                       "queries": int(queries), "margin": float(margin), "size": cfg.rank.size, "epochs": e,
+                       "train_s_total": seconds,
                        **score(load(folder / f"epoch_{e:03d}.pt"), val, cfg.size)})
 
 
@@ -107,10 +108,11 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("runs/sweep"))
     ap.add_argument("--part", choices=("starts", "rank", "classify", "all"), default="all")
     ap.add_argument("--configs", default=None, help="rank: lr:queries:init,...; classify: lr:freeze,...")
-    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--rank-size", type=int, default=None, help="training image side of the ranking runs")
     ap.add_argument("--val-fraction", type=float, default=0.2)
     args = ap.parse_args()
-    cfg = load_config(args.config, progress=False)
+    cfg = load_config(args.config, progress=False, rank_size=args.rank_size)
     train, val = split(load_labelled(cfg.train), args.val_fraction, cfg.seed, by="image")
     args.out.mkdir(parents=True, exist_ok=True)
     print(f"training list {cfg.train}: {len(train)} training, {len(val)} validation images", flush=True)

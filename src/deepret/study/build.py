@@ -92,7 +92,7 @@ def _rank(step: Step, choice: Choice, cfg: StudyConfig, data: LabelledImages, ck
     b = cfg.rank
     last, reused = _ensure_trained(folder, recipe, b.epochs, lambda resume: train_rank(
         data, choice.model, _train_config(cfg, "rank", folder, b, step.augment, resume), weights="imagenet",
-        loss="triplet", negatives=cfg.negatives, pool_size=cfg.pool_size, queries=b.queries, proj=proj,
+        loss="triplet", margin=b.margin, negatives=cfg.negatives, pool_size=cfg.pool_size, queries=b.queries, proj=proj,
         proj_init=cfg.proj_init, proj_shrinkage=cfg.whiten_shrinkage))
     return Built(load(last), last, folder, reused, proj, notes)
 

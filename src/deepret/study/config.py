@@ -19,9 +19,9 @@ STANDINS = {"alexnet": "efficientnet_lite0", "resnet18": "efficientnet_lite1", "
 @dataclass
 class Budget:
     """How much one training step may do: epochs, tuples per epoch (rank), image size, lr, batch size,
-    frozen trunk blocks (classify). The study's own small budgets (StudyConfig, chosen by
-    bench/study_sweep.py on a validation split of the training list); everything else of training
-    takes deepret.train's defaults (train_config)."""
+    frozen trunk blocks (classify), triplet margin (rank; None: deepret.train's default). The study's
+    own small budgets (StudyConfig, chosen by bench/study_sweep.py on a validation split of the
+    training list); everything else of training takes deepret.train's defaults (train_config)."""
 
     epochs: int
     queries: int
@@ -29,6 +29,7 @@ class Budget:
     lr: float
     batch_size: int
     freeze: int = 0
+    margin: float | None = None
 
 
 @dataclass

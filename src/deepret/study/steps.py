@@ -142,7 +142,8 @@ def training_words(step: Step, cfg: StudyConfig, proj: int | None) -> str:
         aug = f", augmentation {step.augment}" if step.augment != "none" else ", no augmentation"
         init = (f"learned whitening (Lw, shrinkage {cfg.whiten_shrinkage:g}) as 1e-lw" if cfg.proj_init == "lw"
                 else f"PCA-whitening (shrinkage {cfg.whiten_shrinkage:g}) as 1e")
-        return (f"finetuned for retrieval on {cfg.train.name} (triplet loss, FC {proj}-d initialised by {init}"
+        margin = f" margin {b.margin:g}" if b.margin is not None else ""
+        return (f"finetuned for retrieval on {cfg.train.name} (triplet loss{margin}, FC {proj}-d initialised by {init}"
                 f"{aug}): {b.epochs} epochs x {b.queries} tuples, {b.size}px, lr {b.lr:g}")
     return ""
 
