@@ -8,7 +8,8 @@ queries the other validation images, positives = the same landmark (deepret.sepa
 at the study's evaluation size. The evaluation benchmark is never used. Networks are the study's
 (stand-ins where ImageNet weights are missing): ResNet18's role for the ranking steps (1f/1g),
 AlexNet's fc7 role for 1b. Each training is scored after every epoch, so a run of N epochs also
-gives the scores of the shorter budgets. Prints a markdown table and appends to <out>/sweep.jsonl.
+gives the scores of the shorter budgets. Appends to <out>/sweep.jsonl; `--part table` prints it as
+the markdown table of docs/training.md.
 
   starts:   the untrained network, PCA-whitening and Lw starts of the projection (no training)
   rank:     --configs "lr:queries:init[:margin],..." each trained --epochs epochs (triplet, no augmentation)
@@ -59,7 +60,8 @@ def starts(cfg, train, val, out: Path) -> None:
         w = fit_whitening(method, pooled, pairs=matching_pairs(train) if method == "lw" else None, dim=dim,
                           shrinkage=cfg.whiten_shrinkage)
         net.set_whitening(*w.as_linear(), method=method)
-        emit(out, {"part": "start", "model": model, "init": method, "proj": dim, **score(net, val, cfg.size)})
+        emit(out, {"part": "start", "model": model, "init": method, "proj": dim, "size": cfg.rank.size,
+                   **score(net, val, cfg.size)})
         net.whiten, net.meta["whitening"] = None, None
 
 
@@ -102,16 +104,41 @@ def classify(cfg, train, val, out: Path, configs: list[str], epochs: int) -> Non
                        "train_s_total": seconds, **score(load(folder / f"epoch_{e:03d}.pt"), val, cfg.size)})
 
 
+def table(out: Path) -> None:
+    """The markdown table of every scored run in <out>/sweep.jsonl (the last record of each wins)."""
+    rows: dict[tuple, dict] = {}
+    for line in (out / "sweep.jsonl").read_text().splitlines():
+        r = json.loads(line)
+        key = tuple((k, r.get(k)) for k in ("part", "init", "proj", "lr", "queries", "margin", "size", "freeze", "epochs"))
+        rows[key] = r
+    print("| part | network | start / budget | val mAP | silhouette | 5-NN % | dim | training s |")
+    print("|---|---|---|---:|---:|---:|---:|---:|")
+    for r in rows.values():
+        if r["part"] == "start":
+            what = (f"no training, start {r['init']}"
+                    + (f" {r['proj']}-d (fitted at {r['size']} px)" if r.get("proj") else ""))
+        elif r["part"] == "rank":
+            what = (f"{r['init']} start {r['proj']}-d, {r['epochs']} ep x {r['queries']} tuples, lr {r['lr']:g}, "
+                    f"margin {r['margin']:g}, {r['size']} px")
+        else:
+            what = ("no training" if not r["epochs"] else
+                    f"{r['epochs']} ep, lr {r['lr']:g}, freeze {r['freeze']}")
+        print(f"| {r['part']} | {r['model']} | {what} | {r['val_map']:.2f} | {r['silhouette']:.3f} | {r['knn']:.1f} | "
+              f"{r['dim']} | {r.get('train_s_total', '')} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default="study.yaml")
     ap.add_argument("--out", type=Path, default=Path("runs/sweep"))
-    ap.add_argument("--part", choices=("starts", "rank", "classify", "all"), default="all")
+    ap.add_argument("--part", choices=("starts", "rank", "classify", "all", "table"), default="all")
     ap.add_argument("--configs", default=None, help="rank: lr:queries:init,...; classify: lr:freeze,...")
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--rank-size", type=int, default=None, help="training image side of the ranking runs")
     ap.add_argument("--val-fraction", type=float, default=0.2)
     args = ap.parse_args()
+    if args.part == "table":
+        return table(args.out)
     cfg = load_config(args.config, progress=False, rank_size=args.rank_size)
     train, val = split(load_labelled(cfg.train), args.val_fraction, cfg.seed, by="image")
     args.out.mkdir(parents=True, exist_ok=True)
