@@ -275,17 +275,17 @@ def test_projection_starts_from_the_whitening_it_is_given(landmarks, method):
     from deepret.whiten import fit_whitening
 
     net = create_model(MODEL)
-    cfg = _cfg(Path("unused"), size=64)
-    dim = 22 if method == "pca" else 64  # PCA-w spans at most 22 dims of 23 images; Lw is not capped so
+    cfg = _cfg(Path("unused"))
+    dim = 8 if method == "pca" else 64  # well-conditioned directions (PCA-w of 23 images: at most 22)
     init_projection(net, landmarks, dim, cfg, "cpu", method=method)
     assert net.dim == dim and net.meta["whitening"]["method"] == f"{method}-init, trained end to end"
     assert net.meta["whitening"]["init_shrinkage"] == (1.0 if method == "lw" else 0.0)  # the defaults
     plain = create_model(MODEL)
-    pooled = extract(plain, landmarks.paths, settings=ExtractSettings(size=64, engine="torch"), progress=False).vectors
+    pooled = extract(plain, landmarks.paths, settings=ExtractSettings(size=64, precision="fp32", engine="torch"), progress=False).vectors
     expected = fit_whitening(method, pooled.astype(np.float64), pairs=matching_pairs(landmarks) if method == "lw" else None,
                              dim=dim, shrinkage=1.0 if method == "lw" else 0.0)
-    got = extract(net, landmarks.paths[:4], settings=ExtractSettings(size=64, engine="torch"), progress=False).vectors
-    assert np.allclose(got, expected.transform(pooled[:4]), atol=1e-4)
+    got = extract(net, landmarks.paths[:4], settings=ExtractSettings(size=64, precision="fp32", engine="torch"), progress=False).vectors
+    assert np.allclose(got, expected.transform(pooled[:4]), atol=2e-3)
 
 
 def test_bad_projection_init_is_refused(landmarks, tmp_path, capsys):
