@@ -155,7 +155,9 @@ def loss_reason(row: dict, base: dict, cfg: StudyConfig) -> str:
     reasons = {
         "1b": (f"Classification trains the pooled features to tell apart the training landmarks of {name} with a "
                "new last layer; features tuned to separate those few classes need not match photos of other "
-               "landmarks (the benchmark's), so the step trades generality for the training classes."),
+               "landmarks (the benchmark's), so the step trades generality for the training classes. Its budget was "
+               "chosen on a validation split of the same list, whose photos are of the same landmarks: that "
+               "score rewards exactly this specialisation and cannot see what it costs on others."),
         "1c": (f"1c pools the last conv map by GeM where 1a uses {base['network']} (for a stand-in without fc7, "
                "global average pooling of the same map): on this benchmark that head ranks better."),
         "1d": f"1d changes the backbone ({base['backbone']} to {row['backbone']}); nothing is trained.",
@@ -167,7 +169,7 @@ def loss_reason(row: dict, base: dict, cfg: StudyConfig) -> str:
         "1f": (f"Triplet training moves the network towards separating the training landmarks of {name}; the "
                "budget was chosen on a validation split of that list (docs/training.md), so what it gains "
                "there need not carry over to this benchmark's landmarks."),
-        "1g": ("Augmentation (crops, flips, colour, blur) changes the few training tuples; with this budget "
+        "1g": ("Augmentation (crops, flips, colour, noise, rotation, tilt) changes the few training tuples; with this budget "
                "it adds variety the network does not have the steps to learn from."),
         "1h": (f"The descriptor averages {n} scales ({', '.join(f'{s:g}' for s in cfg.scales)}); at the evaluation "
                f"size {cfg.size} the smaller scale sees less detail."),
