@@ -72,8 +72,8 @@ def _table(results: dict[str, Any]) -> str:
                  f'<td class="num">{_fmt(r["query_ap"])}</td>',
                  f"<td>{escape(r.get('base') or '')}</td>",
                  f'<td class="num">{_signed((r.get("change") or {}).get("map"))}</td>',
-                 f'<td class="num">{_fmt3(r["separation"]["silhouette"])}</td>',
-                 f'<td class="num">{_fmt(r["separation"]["knn_accuracy"])}</td>']
+                 f'<td class="num">{_fmt3((r.get("separation") or {}).get("silhouette"))}</td>',
+                 f'<td class="num">{_fmt((r.get("separation") or {}).get("knn_accuracy"))}</td>']
         rows.append("<tr>" + "".join(cells) + "</tr>")
     return ("<table><thead><tr>" + "".join(f"<th>{escape(h)}</th>" for h in head) + "</tr></thead><tbody>"
             + "\n".join(rows) + "</tbody></table>")
