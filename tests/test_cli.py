@@ -37,6 +37,7 @@ def mini_copy(tmp_path):
 
 def test_eval_prints_table_writes_json_and_figure_then_reuses_features(capsys, data_root, tmp_path, monkeypatch):
     report, figure = tmp_path / "out" / "eval.json", tmp_path / "out" / "topk.png"
+    (tmp_path / "out").mkdir()  # outputs go into a folder that exists (deepret.fileio.check_output)
     code, out, err = run(capsys, "eval", "--dataset", "oxford5k-mini", "--root", str(data_root), *FAST,
                          "--json", str(report), "--figure", str(figure), "--query", "3", "--topk", "5")
     assert code == 0, err
@@ -311,3 +312,13 @@ def test_the_version_is_pyprojects_and_the_lazy_names_resolve():
     assert "create_model" in dir(deepret.models) and "train_rank" in deepret.train.__all__
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         deepret.models.nope  # noqa: B018
+
+
+def test_deepret_warnings_are_one_line_and_others_as_python_shows_them(capsys):
+    from deepret.cli import _show_warning
+    from deepret.errors import DeepretWarning
+
+    _show_warning(DeepretWarning("OpenVINO cannot run x (aten::lgamma): using torch (fp32)"), DeepretWarning, "f.py", 3)
+    assert capsys.readouterr().err == "deepret: warning: OpenVINO cannot run x (aten::lgamma): using torch (fp32)\n"
+    _show_warning(UserWarning("other"), UserWarning, "f.py", 3)
+    assert "f.py:3: UserWarning: other" in capsys.readouterr().err

@@ -459,7 +459,7 @@ def test_dangling_link_is_skipped_with_its_reason_and_retried_once_fixed(tmp_pat
     for p in src[:2]:
         shutil.copy(p, photos / p.name)
     link = photos / "link.jpg"
-    link.symlink_to(tmp_path / "missing.jpg")
+    link.symlink_to(photos / ".later" / "missing.jpg")  # inside the collection (a hidden folder is not scanned)
     settings = ExtractSettings(size=64)
     with build_index(photos, tmp_path / "ix", settings=settings, progress=False) as index:
         assert len(index) == 2
@@ -467,7 +467,8 @@ def test_dangling_link_is_skipped_with_its_reason_and_retried_once_fixed(tmp_pat
         assert skipped["path"] == "link.jpg" and "broken symbolic link" in skipped["reason"]
         report = index.update()
         assert (report.added, report.changed, report.removed) == (0, 0, 0)
-        shutil.copy(src[2], tmp_path / "missing.jpg")  # the link's target appears
+        (photos / ".later").mkdir()
+        shutil.copy(src[2], photos / ".later" / "missing.jpg")  # the link's target appears
         report = index.update()
         assert report.changed == 1 and len(index) == 3 and index.info()["skipped"] == []
         assert index.search(link, k=1).hits[0].path == "link.jpg"

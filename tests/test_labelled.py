@@ -69,6 +69,16 @@ def test_folder_layout_suffixes_case_insensitive(tmp_path):
     assert data.classes == ["a", "b"] and [p.name for p in data.paths] == ["3.png", "1.JPG", "2.jpeg"]
 
 
+def test_folder_layout_reads_every_photo_format_the_index_reads(tmp_path):
+    import deepret.imageio  # noqa: F401  (registers the HEIF opener)
+
+    (tmp_path / "a").mkdir()
+    Image.new("RGB", (32, 24), (200, 10, 10)).save(tmp_path / "a" / "phone.heic")
+    _jpg(tmp_path / "a" / "camera.jpg")
+    data = load_labelled(tmp_path)
+    assert sorted(p.name for p in data.paths) == ["camera.jpg", "phone.heic"]
+
+
 def test_gld_csv_layouts_and_list_file_agree(gld):
     train = load_labelled(gld / "train" / "train.csv")
     clean = load_labelled(gld / "train" / "train_clean.csv")

@@ -182,7 +182,8 @@ def test_parse_scales_rejects_non_positive_and_non_numbers(scales, bad, where):
 # --- re-ranking specs -------------------------------------------------------------------------------
 
 # numbers as one types them: at most five significant digits (the spec prints floats with %g)
-typed_float = st.builds(lambda m, e: round(m / 10 ** e, e), st.integers(0, 99999), st.integers(0, 4))
+typed_float = st.one_of(st.builds(lambda m, e: round(m / 10 ** e, e), st.integers(0, 99999), st.integers(0, 4)),
+                        st.floats(0, 1e6, allow_nan=False, allow_infinity=False))  # all 17 digits: kept exactly
 
 
 @st.composite

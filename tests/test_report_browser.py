@@ -18,8 +18,8 @@ CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-back
                   "--disable-component-update", "--no-first-run")
 
 
-def _browser():
-    """A headless Chromium WebDriver, or skip (fail in CI) saying what is missing."""
+def _browser(*flags: str):
+    """A headless Chromium WebDriver (with extra command-line `flags`), or skip (fail in CI) saying what is missing."""
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     driver = shutil.which("chromedriver")
     try:
@@ -37,7 +37,7 @@ def _browser():
         pytest.skip(message)
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
-    for flag in CHROMIUM_FLAGS:
+    for flag in (*CHROMIUM_FLAGS, *flags):
         options.add_argument(flag)
     return webdriver.Chrome(options=options, service=Service(executable_path=driver))
 

@@ -79,7 +79,10 @@ def test_health_and_info_describe_the_index(client):
     assert info["query_precision"] == info["settings"]["precision"]  # built on this machine: its own
     assert info["query_engine"] == info["settings"]["engine"] == "openvino"  # auto on the CPU
     assert client.get("/openapi.json").json()["paths"].keys() >= {"/api/search", "/api/images/{image_id}/thumb"}
-    assert client.get("/docs").status_code == 200
+    docs = client.get("/docs")
+    assert docs.status_code == 200 and "/docs-assets/swagger-ui-bundle.js" in docs.text and "https://" not in docs.text
+    assert client.get("/docs-assets/swagger-ui-bundle.js").status_code == 200  # from the package, not a CDN
+    assert "root" not in info  # no server path is sent (tests/test_serve_paths.py checks every route)
 
 
 def test_a_precision_that_does_not_match_the_index_fails_the_load_with_the_reason(built, monkeypatch):
@@ -234,8 +237,11 @@ def test_bad_form_fields_get_a_one_line_4xx(client, ids, kind):
 @pytest.mark.parametrize("data, status", [
     ({}, 422),                           # neither file nor id
     ({"id": "999"}, 404),                # unknown id
-    ({"id": "-1"}, 404),
+    ({"id": "-1"}, 422),                 # ids are SQLite integers: 0 .. 2**63 - 1
     ({"id": "0"}, 404),
+    ({"id": str(2**63 - 1)}, 404),
+    ({"id": str(2**63)}, 422),
+    ({"id": "999999999999999999999"}, 422),
     ({"id": "../../etc/passwd"}, 422),   # ids are numbers
     ({"id": "1e3"}, 422),
 ])
@@ -268,6 +274,7 @@ def _assert_one_line_error(response, status: int) -> None:
     "/api/images/..%2F..%2F..%2Fetc%2Fpasswd", "/api/images/%2e%2e%2f%2e%2e%2fetc%2fpasswd",
     "/api/images/..", "/api/images/%2Fetc%2Fpasswd", "/api/images//etc/passwd", "/api/images/0/../../../etc/passwd",
     "/api/images/-1", "/api/images/99999", "/api/images/1.5", "/api/images/0%00",
+    "/api/images/999999999999999999999", "/api/images/9223372036854775808/thumb",
     "/api/images/..%2F..%2Fetc%2Fpasswd/thumb", "/api/images/99999/thumb",
     "/static/../../../../etc/passwd", "/static/%2e%2e/%2e%2e/%2e%2e/etc/passwd", "/static/..%2F..%2Fapp.py",
     "/static/%2e%2e/app.py", "/static//etc/passwd",

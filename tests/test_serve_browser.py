@@ -205,6 +205,36 @@ def _state(browser) -> str:
         "(document.querySelector('#results .hit') || {dataset: {}}).dataset.id")
 
 
+# Every host name but 127.0.0.1 unresolvable: the browser is offline for anything but the server.
+OFFLINE = ("--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",)
+OPERATIONS = {("GET", "/api/health"), ("GET", "/api/info"), ("POST", "/api/search"), ("GET", "/api/images/{image_id}"),
+              ("GET", "/api/images/{image_id}/thumb"), ("POST", "/api/images")}
+
+
+def test_the_api_docs_load_with_the_network_off(server):
+    """/docs (Swagger UI) lists every operation in a browser that can reach only the server."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser = _browser(*OFFLINE)
+    try:
+        wait = WebDriverWait(browser, 60)
+        cdn = browser.execute_async_script(  # the setting works: a CDN cannot be reached from this browser
+            "const done = arguments[0]; fetch('https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/swagger-ui.css')"
+            ".then(() => done('reached'), () => done('unreachable'));")
+        assert cdn == "unreachable"
+        browser.get(server.url + "/docs")
+        wait.until(lambda b: len(b.find_elements(By.CSS_SELECTOR, ".opblock")) >= len(OPERATIONS))
+        listed = {(op.find_element(By.CSS_SELECTOR, ".opblock-summary-method").text,
+                   op.find_element(By.CSS_SELECTOR, ".opblock-summary-path").get_attribute("data-path"))
+                  for op in browser.find_elements(By.CSS_SELECTOR, ".opblock")}
+        assert listed == OPERATIONS, listed
+        loaded = browser.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
+        assert loaded and all(url.startswith(server.url + "/") for url in loaded), loaded
+    finally:
+        browser.quit()
+
+
 # --- real sockets --------------------------------------------------------------------------------
 
 def test_a_stalled_client_does_not_block_a_search(server):

@@ -24,6 +24,7 @@ from deepret.errors import DeepretError
 from deepret.evaluate import evaluate
 from deepret.extract import extract
 from deepret.fileio import atomic_write_text
+from deepret.imageio import PHOTO_SUFFIXES
 from deepret.models import RetrievalNet
 from deepret.pipeline import RunOptions, benchmark_features
 from deepret.vectors import VectorIndex, factory_ranks
@@ -42,7 +43,7 @@ def training_descriptors(sources: list[str], root: str | Path, net: RetrievalNet
             parts += [features.db, features.queries]
             continue
         folder = Path(source) if Path(source).is_dir() else Path(root) / source
-        paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+        paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in PHOTO_SUFFIXES)
         if not paths:
             raise DeepretError(f"training source {source!r} is neither a benchmark under {root} nor a folder "
                                "of images: give benchmark names or image folders, separated by commas")

@@ -7,3 +7,7 @@ class DeepretError(Exception):
 
 class WeightsUnavailableError(DeepretError):
     """Pretrained weights cannot be had here (no network, no cached file, package missing)."""
+
+
+class DeepretWarning(UserWarning):
+    """A user-facing warning (e.g. a fallback taken): the CLI prints it as one line `deepret: warning: ...`."""

@@ -105,10 +105,11 @@ def _calibration_identity(source: str) -> str:
     import hashlib
 
     h = hashlib.sha1()
+    folder = Path(source).is_dir()
     for photo in calibration_photos(source):
         st = photo.stat()
-        h.update(f"{photo.relative_to(source) if photo != Path(source) else photo.name}|{st.st_size}|"
-                 f"{st.st_mtime_ns}\n".encode())
+        name = photo.relative_to(source) if folder else photo.name if photo == Path(source) else photo
+        h.update(f"{name}|{st.st_size}|{st.st_mtime_ns}\n".encode(errors="surrogateescape"))
     return h.hexdigest()[:16]
 
 

@@ -6,6 +6,11 @@ thumbnails, the web app's upload checks: `open_rgb` too). Collection photos are 
 in raw coordinates. Every reader refuses images above a pixel limit (decompression bombs) and turns any
 decoding failure into an `ImageError` naming the file; grayscale, CMYK, 16-bit, palette, alpha
 (composited on white) and animated (first frame) images all become RGB.
+
+HEIF/HEIC (phones' photos) is read through pillow-heif, whose decoder applies the file's own rotation
+(its `irot`/`imir` boxes, as every HEIF viewer does, and resets the EXIF orientation so that it is not
+applied twice): its pixels come out upright whatever `upright` says. AVIF is read by Pillow's own plugin
+where Pillow was built with libavif, its rotation given as the EXIF orientation, as a JPEG's.
 """
 from __future__ import annotations
 
@@ -19,11 +24,29 @@ from typing import IO, NamedTuple, Union
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError, features
 
 from deepret.errors import DeepretError
 
-PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")  # what collections index
+
+def _register_formats() -> tuple[str, ...]:
+    """Register the HEIF opener (pillow-heif, a dependency; without it HEIC files are not read, and a
+    collection counts them as not indexed); the suffixes it and Pillow's own AVIF plugin add."""
+    added = []
+    try:
+        import pillow_heif
+    except ImportError:
+        pass
+    else:  # embedded previews off: descriptors are of the photo's own pixels, never of its thumbnail
+        pillow_heif.register_heif_opener(thumbnails=False, depth_images=False, aux_images=False)
+        added += [".heic", ".heif"]
+    if "avif" in features.modules and features.check_module("avif"):
+        added.append(".avif")
+    return tuple(added)
+
+
+# what collections index, uploads take and calibration reads
+PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", *_register_formats())
 
 BBox = Sequence[float]
 ImageInput = Union[str, "os.PathLike[str]", bytes, Image.Image]  # an item of an ImageSource

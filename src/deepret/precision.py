@@ -96,6 +96,23 @@ def cpu_flags() -> frozenset[str]:
     return frozenset()
 
 
+def cpu_description() -> str:
+    """This CPU's model name and its vector units that decide speed, e.g. 'AMD EPYC (avx2, avx512f,
+    avx512_bf16)': what a speed figure names as its machine."""
+    import platform
+
+    name = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    units = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile") if f in cpu_flags()]
+    return f"{name} ({', '.join(units)})" if units else name
+
+
 def cpu_has_fast(precision: str) -> bool:
     """Whether this CPU computes `precision` in hardware (bf16: AVX512-BF16/AMX-BF16; fp16:
     AVX512-FP16/AMX-FP16) and oneDNN can use it; fp32 always."""

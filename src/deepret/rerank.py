@@ -99,7 +99,7 @@ def _number(name: str, key: str, value: str) -> float:
 
 
 def _fmt(v: float) -> str:
-    return str(int(v)) if float(v).is_integer() else f"{v:g}"
+    return str(int(v)) if float(v).is_integer() else repr(float(v))  # exact: parsing it gives v back
 
 
 def parse_rerank(spec: str) -> Reranker:

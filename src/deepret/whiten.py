@@ -99,6 +99,19 @@ class Whitening:
         return {"method": self.method, "dim": self.dim, "power": self.power, "shrinkage": self.shrinkage,
                 "eps": self.eps, "mean": mean.tolist(), "projection": P.tolist()}
 
+    @classmethod
+    def fitted(cls, mean: Any, projection: Any) -> Whitening:
+        """One fitted elsewhere, e.g. cirtorch's Lw: `mean` (D,) or (D, 1) ('m'), `projection` (dim, D) ('P')."""
+        m, P = np.asarray(mean, dtype=np.float64).reshape(-1), np.asarray(projection, dtype=np.float64)
+        if P.ndim != 2 or P.shape[1] != m.shape[0] or m.shape[0] == 0:
+            raise DeepretError(f"a whitening needs a (dim, D) projection and a D-d mean, got shapes {P.shape} and "
+                               f"{np.shape(mean)}")
+        if not (np.isfinite(P).all() and np.isfinite(m).all()):
+            raise DeepretError("the whitening's mean or projection holds NaN or inf values")
+        w = cls(dim=P.shape[0])
+        w.mean_, w.projection_ = m, P
+        return w
+
     @staticmethod
     def from_dict(d: dict[str, Any]) -> Whitening:
         """Rebuild a fitted whitening written by `to_dict`."""

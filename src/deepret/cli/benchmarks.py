@@ -11,7 +11,7 @@ def descriptor_settings(args):
 
     return ExtractSettings(size=args.size, scales=args.scales, flip=args.flip, precision=args.precision,
                            engine=args.engine, calibration=args.calibration and str(args.calibration),
-                           upscale=args.upscale)
+                           upscale=args.upscale, round_to=args.round_to)
 
 
 def run_options(args):

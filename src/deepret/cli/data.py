@@ -12,6 +12,8 @@ def cmd_models(args) -> int:
         print(f"{r['name']:<{width}}  {r['size']:>4}  {r['weights']}")
     print("\nsize: the default evaluation size (longest image side) when --size is not given.")
     print("\nAny convolutional timm model works too, as <timm name>-gem (e.g. convnext_tiny-gem).")
+    print("cirtorch's published networks download once into the torch hub cache; --model FILE also takes a "
+          "checkpoint of cirtorch (cnnimageretrieval-pytorch) or of deepret.")
     return 0
 
 

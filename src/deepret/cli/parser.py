@@ -20,6 +20,26 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"deepret: error: {self.prog}: {message} (see `{self.prog} --help`)\n")
 
 
+def _output_file(text: str) -> Path:
+    """An output file named on the command line: its folder must exist (deepret.fileio.check_output)."""
+    from deepret.fileio import check_output
+
+    try:
+        return check_output(text)
+    except DeepretError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _output_folder(text: str) -> Path:
+    """An output folder named on the command line: deepret creates it, not the folders above it."""
+    from deepret.fileio import check_output
+
+    try:
+        return check_output(text, folder=True)
+    except DeepretError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _parse_precision(text: str) -> str:
     from deepret.precision import parse_precision  # torch-free: argparse applies it to the default too
 
@@ -67,6 +87,12 @@ def _add_index_precision_option(p: argparse.ArgumentParser) -> None:
                         "has no hardware support here), fp32, bf16 or fp16 (must match the index's, see docs/search.md)")
 
 
+def _add_index_engine_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--engine", type=_parse_engine, default="auto",
+                   help="of the queries and new photos: auto (default: openvino on the CPU, torch on CUDA and for "
+                        "bf16/fp16 indexes), torch or openvino; fp32 indexes: both give the same descriptors")
+
+
 def _add_device_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
 
@@ -82,7 +108,8 @@ def _add_workers_option(p: argparse.ArgumentParser, default: int | None = None) 
 def _add_model_options(p: argparse.ArgumentParser) -> None:
     from deepret.models.registry import DEFAULT_MODEL
 
-    p.add_argument("--model", default=DEFAULT_MODEL, help="a name from `deepret models` or a checkpoint path")
+    p.add_argument("--model", default=DEFAULT_MODEL,
+                   help="a name from `deepret models` or a checkpoint path (deepret's or cirtorch's)")
     p.add_argument("--weights", default="imagenet",
                    help="imagenet (default), random, or a state_dict file (for model names)")
     _add_device_option(p)
@@ -97,6 +124,9 @@ def _add_descriptor_options(p: argparse.ArgumentParser, max_pixels_help: str) ->
     p.add_argument("--upscale", action=argparse.BooleanOptionalAction, default=False,
                    help="enlarge images smaller than --size to it (default --no-upscale: keep their own size, as "
                         "cirtorch does; more accurate on both benchmarks, see docs/benchmarks.md)")
+    p.add_argument("--round-to", type=positive_int, default=32,
+                   help="round the shorter side to a multiple of this many pixels, so that more images share a "
+                        "batch shape (default 32; 1 keeps the aspect ratio exactly, as cirtorch: docs/models.md)")
     _add_precision_option(p)
     _add_engine_options(p)
     p.add_argument("--max-pixels", type=positive_int, default=None, help=max_pixels_help)
@@ -128,12 +158,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("models", help="list the registered model names").set_defaults(handler=data.cmd_models)
 
     p = _benchmark_parser(sub, "extract", "extract and save a benchmark's descriptors", benchmarks.cmd_extract)
-    p.add_argument("--out", type=Path, default=None, help="also copy the features to this .npz file")
+    p.add_argument("--out", type=_output_file, default=None, help="also copy the features to this .npz file")
 
     p = _benchmark_parser(sub, "eval", "evaluate a model on a benchmark (mAP, mP@k, per-query AP)",
                           benchmarks.cmd_eval)
-    p.add_argument("--json", type=Path, default=None, help="write mAP per protocol, mP@k and per-query AP here")
-    p.add_argument("--figure", type=Path, default=None, help="write the top-k figure of --query here (PNG)")
+    p.add_argument("--json", type=_output_file, default=None, help="write mAP per protocol, mP@k and per-query AP here")
+    p.add_argument("--figure", type=_output_file, default=None, help="write the top-k figure of --query here (PNG)")
     p.add_argument("--query", type=nonnegative_int, default=0, help="query index for --figure (default 0)")
     p.add_argument("--topk", type=positive_int, default=10, help="results in --figure (default 10)")
     p.add_argument("--factory", default=None, help="also evaluate a FAISS index, e.g. IVF64,Flat or HNSW32")
@@ -144,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = _benchmark_parser(sub, "search", "draw a query and its top-K results", benchmarks.cmd_search)
     p.add_argument("--query", type=nonnegative_int, required=True, help="query index")
     p.add_argument("--topk", type=positive_int, default=10)
-    p.add_argument("--out", type=Path, required=True, help="PNG file to write")
+    p.add_argument("--out", type=_output_file, required=True, help="PNG file to write")
 
     _add_train_parsers(sub)
     _add_index_parsers(sub)
@@ -162,20 +192,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="longest image side for the descriptors (default: the model's evaluation size)")
     _add_workers_option(p)
     _add_precision_option(p)
-    p.add_argument("--out", required=True, type=Path, help="checkpoint to write")
+    p.add_argument("--out", required=True, type=_output_file, help="checkpoint to write")
 
     p = _benchmark_parser(sub, "tsne", "2-D t-SNE of a benchmark's database descriptors, coloured by landmark",
                           benchmarks.cmd_tsne)
     p.add_argument("--unlabeled", action="store_true", help="also draw images of no landmark, in grey")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, required=True, help="PNG file to write")
+    p.add_argument("--out", type=_output_file, required=True, help="PNG file to write")
 
     p = sub.add_parser("triplets", help="draw the training tuples mined by `deepret train rank`")
     p.set_defaults(handler=train.cmd_triplets)
     p.add_argument("--run", type=Path, required=True, help="a `train rank` run folder (holds tuples.jsonl)")
     p.add_argument("--epoch", type=positive_int, default=None, help="default: the last epoch")
     p.add_argument("--n", type=positive_int, default=4, help="tuples to draw")
-    p.add_argument("--out", type=Path, required=True, help="PNG file to write")
+    p.add_argument("--out", type=_output_file, required=True, help="PNG file to write")
 
     from deepret.study.config import add_arguments as add_study_arguments
 
@@ -189,13 +219,13 @@ def build_parser() -> argparse.ArgumentParser:
                    "names under --root or image folders (default: the database itself)")
     p.add_argument("--factories", default=None, help="FAISS factories separated by ';' (default: Flat, SQfp16, "
                    "SQ8, PQ/OPQ with 8-64 sub-quantizers of 4- and 8-bit codes)")
-    p.add_argument("--out", type=Path, required=True, help="folder for compression.json, .md and .png")
+    p.add_argument("--out", type=_output_folder, required=True, help="folder for compression.json, .md and .png")
 
     p = _benchmark_parser(sub, "robustness", "mAP and per-query AP under flipped, rotated, downscaled and JPEG queries",
                           benchmarks.cmd_robustness)
     p.add_argument("--transforms", default=None, help="comma-separated subset of: original, flip, rotate 5, "
                    "rotate 10, rotate 90, rotate 180, downscale 1/2, 1/4, 1/8, jpeg 90, 50, 10 (default: all)")
-    p.add_argument("--out", type=Path, required=True, help="folder for robustness.json, .md and .png")
+    p.add_argument("--out", type=_output_folder, required=True, help="folder for robustness.json, .md and .png")
 
     p = sub.add_parser("download", help="download a benchmark's images and ground truth")
     p.set_defaults(handler=data.cmd_download)
@@ -207,7 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=data.cmd_convert_gt)
     p.add_argument("gt_dir", type=Path)
     p.add_argument("--imlist", required=True, type=Path, help="image list: a text file (one name a line) or a jpg/ folder")
-    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--out", required=True, type=_output_file)
     return parser
 
 
@@ -223,7 +253,7 @@ def _add_train_parsers(sub) -> None:
         _add_model_options(p)
         p.add_argument("--data", required=True, help="class folders, a GLDv2 CSV or a list file of `path label`")
         p.add_argument("--data-root", type=Path, default=None, help="image root for a CSV or list file")
-        p.add_argument("--out", required=True, type=Path, help="run folder: checkpoints, log.jsonl, loss.png")
+        p.add_argument("--out", required=True, type=_output_folder, help="run folder: checkpoints, log.jsonl, loss.png")
         p.add_argument("--epochs", type=positive_int, default=d.epochs)
         p.add_argument("--batch-size", type=positive_int, default=d.batch_size,
                        help="images (classify) or tuples (rank) per step")
@@ -280,7 +310,7 @@ def _add_index_parsers(sub) -> None:
     p = actions.add_parser("build", help="index every photo under PHOTOS (resumes an interrupted build)")
     p.set_defaults(handler=index.cmd_build)
     p.add_argument("photos", type=Path, help="folder of photos (jpg, jpeg, png, webp, bmp, tif; searched recursively)")
-    p.add_argument("--index", required=True, type=Path, help="index folder to write")
+    p.add_argument("--index", required=True, type=_output_folder, help="index folder to write (its parent must exist)")
     _add_model_options(p)
     _add_descriptor_options(p, "skip larger images (default 100 Mpx)")
     p.add_argument("--factory", default="Flat", help="FAISS factory: Flat (exact, default), HNSW32, IVF1024,Flat, "
@@ -294,6 +324,7 @@ def _add_index_parsers(sub) -> None:
     p.add_argument("--index", required=True, type=Path)
     _add_device_option(p)
     _add_index_precision_option(p)
+    _add_index_engine_option(p)
     _add_quiet_option(p)
 
     p = actions.add_parser("info", help="counts, model, factory, bytes per vector, skipped files")
@@ -301,18 +332,30 @@ def _add_index_parsers(sub) -> None:
     p.add_argument("--index", required=True, type=Path)
     p.add_argument("--json", action="store_true", help="print JSON")
 
+    p = actions.add_parser("verify", help="check every file of the index (checksums, catalogue); one line per "
+                                          "problem, exit status 2 if any")
+    p.set_defaults(handler=index.cmd_verify)
+    p.add_argument("--index", required=True, type=Path)
+
+    p = actions.add_parser("repair", help="rebuild what is damaged from what is intact (re-extracts only photos "
+                                          "whose descriptors were lost)")
+    p.set_defaults(handler=index.cmd_repair)
+    p.add_argument("--index", required=True, type=Path)
+    _add_device_option(p)
+
     p = actions.add_parser("search", help="search the index with an image")
     p.set_defaults(handler=index.cmd_search)
     p.add_argument("--index", required=True, type=Path)
     p.add_argument("image", type=Path, help="query photo")
     p.add_argument("--box", type=parse_box, default=None, help="x1,y1,x2,y2: search with this part of the photo")
     p.add_argument("--topk", type=positive_int, default=10)
-    p.add_argument("--json", type=Path, default=None, help="write the results here")
-    p.add_argument("--figure", type=Path, default=None, help="draw the query and its top K here (PNG)")
+    p.add_argument("--json", type=_output_file, default=None, help="write the results here")
+    p.add_argument("--figure", type=_output_file, default=None, help="draw the query and its top K here (PNG)")
     p.add_argument("--rerank", default=None, metavar="SPEC",
                    help="re-rank, e.g. alpha-qe, dba+alpha-qe, diffusion (see docs/search.md)")
     _add_device_option(p)
     _add_index_precision_option(p)
+    _add_index_engine_option(p)
 
 
 def _add_serve_parser(sub) -> None:
@@ -327,3 +370,4 @@ def _add_serve_parser(sub) -> None:
     p.add_argument("--max-upload-mb", type=float, default=20.0, help="largest accepted upload (default 20 MB)")
     _add_device_option(p)
     _add_index_precision_option(p)
+    _add_index_engine_option(p)

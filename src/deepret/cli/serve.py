@@ -11,5 +11,5 @@ def cmd_serve(args) -> int:
         raise DeepretError(f"--max-upload-mb {args.max_upload_mb:g}: give a size in MB above 0")
     serve(args.index, host=args.host, port=args.port, token=args.token, allow_uploads=args.allow_uploads,
           max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), device=args.device,
-          precision=args.precision)
+          precision=args.precision, engine=args.engine)
     return 0

@@ -10,7 +10,6 @@ from pathlib import Path
 
 from deepret.errors import DeepretError
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 LIST_SUFFIXES = (".txt", ".lst")
 SOURCES_HINT = "give a folder of class sub-folders, a GLDv2 .csv or a .txt/.lst file of `path label` lines"
 
@@ -67,7 +66,7 @@ class LabelledImages:
 def load_labelled(source: str | Path, root: str | Path | None = None) -> LabelledImages:
     """Load labelled images from a folder, a CSV or a list file (the layout is chosen by `source`).
 
-    * folder: one sub-folder per class holding *.jpg/*.jpeg/*.png (any case); deeper folders are ignored.
+    * folder: one sub-folder per class holding photos (deepret.imageio.PHOTO_SUFFIXES, any case); deeper folders are ignored.
     * .csv (Google Landmarks v2): `id,landmark_id[,...]` (train.csv) or `landmark_id,images` with
       space-separated ids (train_clean.csv); images at `<root>/<a>/<b>/<c>/<id>.jpg` (a, b, c = the
       id's first three characters), `root` defaulting to the CSV's own folder.
@@ -143,11 +142,13 @@ def _class_key(name: str) -> tuple[int, int, str]:
 
 
 def _from_folder(folder: Path) -> list[tuple[Path, str]]:
+    from deepret.imageio import PHOTO_SUFFIXES  # here: `deepret download` (this package) loads no torch
+
     pairs = [(f, sub.name)
              for sub in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
-             for f in sorted(sub.iterdir()) if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES]
+             for f in sorted(sub.iterdir()) if f.is_file() and f.suffix.lower() in PHOTO_SUFFIXES]
     if not pairs:
-        raise DeepretError(f"empty folder: {folder} has no class sub-folders with .jpg/.jpeg/.png images;"
+        raise DeepretError(f"empty folder: {folder} has no class sub-folders with photos (JPEG, PNG, HEIC, ...);"
                            " put each landmark's photos in <folder>/<landmark>/")
     return pairs
 

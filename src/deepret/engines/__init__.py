@@ -14,7 +14,7 @@ from typing import Protocol
 
 import torch
 
-from deepret.errors import DeepretError
+from deepret.errors import DeepretError, DeepretWarning
 from deepret.models import RetrievalNet
 from deepret.precision import parse_engine, resolve_engine, resolve_precision
 from deepret.runtime import default_device
@@ -56,8 +56,8 @@ def compile_network(net: RetrievalNet, engine: str = "auto", precision: str = "a
         if requested == "openvino":
             raise DeepretError(f"--engine openvino: {exc}: use --engine torch") from None
         fallback = resolve_precision(precision, net.meta.get("backbone"), device, engine="torch")
-        warnings.warn(f"deepret: OpenVINO cannot run {net.meta.get('name', 'this network')} ({exc}): "
-                      f"using torch ({fallback})", RuntimeWarning, stacklevel=2)
+        warnings.warn(f"OpenVINO cannot run {net.meta.get('name', 'this network')} ({exc}): using torch ({fallback})",
+                      DeepretWarning, stacklevel=2)
         return TorchEngine(net, device, fallback)
 
 

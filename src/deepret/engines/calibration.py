@@ -12,8 +12,15 @@ from deepret.models import RetrievalNet
 
 
 def calibration_photos(source: str | Path) -> list[Path]:
-    """The photos of a folder (recursively, sorted) or the one photo `source` names."""
+    """The photos of a folder (recursively, sorted), of a `.txt` list (one path a line, relative to the
+    list's folder or absolute: e.g. an index's sample of its collection) or the one photo `source` names."""
     source = Path(source)
+    if source.is_file() and source.suffix.lower() == ".txt":
+        photos = [source.parent / line for line in source.read_text(encoding="utf-8", errors="surrogateescape").splitlines()
+                  if line.strip()]
+        if not photos:
+            raise DeepretError(f"calibration list {source} names no photos: list photos that are not evaluated")
+        return photos
     if source.is_file():
         return [source]
     photos = sorted(p for p in source.rglob("*") if p.suffix.lower() in PHOTO_SUFFIXES) if source.is_dir() else []
@@ -41,3 +48,18 @@ def calibration_tensors(net: RetrievalNet, items: Sequence[str | Path | torch.Te
             except ImageError as exc:
                 raise DeepretError(f"calibration photo {path}: {exc.reason}: replace or remove it") from None
     return out
+
+
+def write_calibration_sample(list_path: Path, root: Path, photos: Sequence[str], n: int = 64) -> Path:
+    """Write (once: kept if it exists) a `.txt` list of `n` of `photos` (paths relative to `root`),
+    evenly spaced over their sorted order so that every part of a collection is sampled."""
+    from deepret.fileio import atomic_write_text
+
+    if not list_path.is_file():
+        photos = sorted(photos)
+        step = max(len(photos) / n, 1.0)
+        chosen = [photos[int(i * step)] for i in range(min(n, len(photos)))]
+        if not chosen:
+            raise DeepretError(f"no photos under {root} to calibrate int8 on: add photos or give --calibration")
+        atomic_write_text(list_path, "".join(f"{root / p}\n" for p in chosen))
+    return list_path

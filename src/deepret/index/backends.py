@@ -9,10 +9,12 @@ later (the delta) are added in memory when a reader loads it, and removed ids (t
 filtered from results. An update therefore appends rows to the catalogue and never rewrites or
 re-reads the vectors in the file; a new file is written (from the stored descriptors, with the
 trained quantizer kept in `trained.faiss`) only when the delta or the tombstones grow past a
-fraction of it. The pointer to the current file is catalogue meta, switched in one transaction.
+fraction of it. The pointer to the current file is catalogue meta, switched in one transaction,
+together with the file's checksum record (deepret.index.checks), checked when a reader loads it.
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Protocol
 
@@ -20,8 +22,10 @@ import numpy as np
 
 from deepret.errors import DeepretError
 from deepret.index.catalogue import Catalogue
+from deepret.index.checks import check_file, fault_point, file_record, repair_hint
 from deepret.vectors import VectorIndex
 
+_VECTOR_FILE = re.compile(r"vectors-(\d+)\.faiss")
 REBUILD_FRACTION = 0.2  # delta + tombstones above this fraction of the file's vectors: write a new file
 
 
@@ -68,35 +72,49 @@ class FaissBackend:
         with cat.read():
             ids, x, seq = cat.vectors(self.dim)
             dead = cat.tombstones()
-        vi = self._empty_trained(x if train is None else train)
+            trained_record = cat.meta("trained")
+        vi, trained_record = self._empty_trained(x if train is None else train, trained_record, cat.dir)
         if len(ids):
             vi.add(x, ids)
-        generation = (base["generation"] + 1) if base else 1
+        on_disk = {int(m.group(1)): p for p in self.dir.glob("vectors-*.faiss") if (m := _VECTOR_FILE.fullmatch(p.name))}
+        previous = base["generation"] if base else 0
+        generation = max([previous, *on_disk]) + 1  # never a name a reader may hold: also after a repair
         name = f"vectors-{generation}.faiss"
         vi.save(self.dir / name)
+        record = file_record(self.dir / name)
+        fault_point("after-vector-save")
         with cat.write() as db:
             db.executemany("DELETE FROM tombstones WHERE id = ?", [(int(i),) for i in dead])
-            Catalogue.set_meta(db, base={"file": name, "seq": seq, "generation": generation, "count": len(ids)})
+            Catalogue.set_meta(db, base={"file": name, "seq": seq, "generation": generation, "count": len(ids),
+                                         **record})
+            if trained_record is not None:
+                Catalogue.set_meta(db, trained=trained_record)
             Catalogue.bump(db)
-        for old in self.dir.glob("vectors-*.faiss"):  # keep this file and the previous one for readers
-            if int(old.stem.split("-")[1]) < generation - 1:
+        fault_point("after-base-commit")
+        for number, old in on_disk.items():  # keep this file and the previous one for readers
+            if number != previous:
                 old.unlink(missing_ok=True)
 
-    def _empty_trained(self, train: np.ndarray) -> VectorIndex:
-        """An empty index with trained quantizers: from trained.faiss, else trained now and kept."""
+    def _empty_trained(self, train: np.ndarray, record: dict | None,
+                       index_dir: Path) -> tuple[VectorIndex, dict | None]:
+        """An empty index with trained quantizers: from trained.faiss (checked against its `record`),
+        else trained now and kept; with the record of trained.faiss to store."""
         trained = self.dir / "trained.faiss"
         vi = VectorIndex(self.factory, self.dim)
         if vi.is_trained:
-            return vi
+            return vi, None
         if trained.is_file():
-            return VectorIndex.load(trained, self.factory)
+            check_file(trained, record, index_dir)
+            return VectorIndex.load(trained, self.factory), record or file_record(trained)
         vi.train(train)
         vi.save(trained)
-        return vi
+        return vi, file_record(trained)
 
     # --- reader
     def refresh(self, cat: Catalogue) -> None:
-        """Load the current file if it changed, then add the vectors committed since."""
+        """Load the current file if it changed (checked: deepret.index.checks), then add the vectors
+        committed since."""
+        missing = None
         for _attempt in range(5):
             with cat.read():
                 base = cat.meta("base")
@@ -109,12 +127,14 @@ class FaissBackend:
                 else:
                     ids, x, seq = cat.vectors(self.dim, after_seq=self.seq)
             if base["generation"] != self.generation:
-                try:
-                    vi = VectorIndex.load(self.dir / base["file"], self.factory)
-                except DeepretError:
-                    if not (self.dir / base["file"]).exists():
-                        continue  # replaced by two newer files meanwhile: read the pointer again
-                    raise
+                path = self.dir / base["file"]
+                if not path.exists():
+                    if missing == base["generation"]:  # the pointer did not move: gone, not replaced
+                        raise DeepretError(f"the vector file {path} of index {cat.dir} is missing: "
+                                           f"{repair_hint(cat.dir)} (it rebuilds it from the catalogue)")
+                    missing = base["generation"]
+                    continue  # replaced by two newer files meanwhile: read the pointer again
+                vi = self._load(path, base if "sha256" in base else None, cat.dir)
                 self.vi, self.generation = vi, base["generation"]
             if len(ids):
                 self.vi.add(x, ids)
@@ -122,6 +142,18 @@ class FaissBackend:
             self.dead = dead
             return
         raise DeepretError(f"index {cat.dir} changes too fast to be read: try again")
+
+    def _load(self, path: Path, record: dict | None, index_dir: Path) -> VectorIndex:
+        """The vector file, after its cheap check; a file FAISS cannot read names the repair too."""
+        check_file(path, record, index_dir)
+        try:
+            vi = VectorIndex.load(path, self.factory)
+        except DeepretError:
+            raise DeepretError(f"{path} is damaged (FAISS cannot read it): {repair_hint(index_dir)}") from None
+        if record is not None and vi.ntotal != record["count"]:
+            raise DeepretError(f"{path} is damaged (it holds {vi.ntotal} vectors, {record['count']} written): "
+                               f"{repair_hint(index_dir)}")
+        return vi
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(scores, ids), each (Q, k), best first, removed ids left out (id -1 where fewer)."""

@@ -6,31 +6,42 @@ with their reasons) in one transaction: a build stopped at any moment resumes wi
 pending. Under torchrun each rank extracts its share of the pending rows (rank::world) into a part
 file of its own (deepret.index.parts) and rank 0 writes the vector index at the end, so the result
 equals one process's. `deepret.index.build_index` builds and opens the index.
+
+The arguments are checked before anything is written (an invalid factory, a --size no photo can be
+described at, a missing optional package), and a new index folder whose build fails before its first
+chunk is removed again: a failed build leaves no half-made index behind. A build that died before its
+identity was committed (an empty catalogue) starts afresh on the next run.
 """
 from __future__ import annotations
 
+import shutil
+import sqlite3
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
 
+from deepret.engines.calibration import write_calibration_sample
 from deepret.errors import DeepretError
 from deepret.extract import ExtractSettings, extract, resolve_settings
+from deepret.fileio import printable
 from deepret.imageio import DEFAULT_MAX_PIXELS, ImageError, image_size
 from deepret.index.backends import open_backend
-from deepret.index.catalogue import CATALOGUE, Catalogue
+from deepret.index.catalogue import CATALOGUE, NAME, Catalogue, name_param
 from deepret.index.identity import build_identity, check_same
-from deepret.index.lock import writer_lock
-from deepret.index.parts import barrier, merge_parts, open_part
-from deepret.index.photos import scan, unreadable_reason
+from deepret.index.limits import check_size
+from deepret.index.lock import LOCK, writer_lock
+from deepret.index.parts import PARTS, barrier, merge_parts, open_part
+from deepret.index.photos import UNREADABLE, by_count, outside_link_reason, scan, unreadable_reason
 from deepret.models import DEFAULT_MODEL, RetrievalNet, get_model
 from deepret.runtime import distributed, setup_device
 from deepret.vectors import VectorIndex, fitting_factories, min_train_vectors
 
 CHUNK = 256  # files extracted per committed transaction
+CALIBRATION_LIST = "calibration.txt"  # int8 without --calibration: the collection's photos it was calibrated on
 
 Rows = Sequence[tuple[int, str]]  # (id, path relative to the photo folder) of catalogue file rows
 Outcome = tuple[dict[int, tuple[int, int]], np.ndarray, dict[int, str]]  # sizes, vectors, skipped of rows
@@ -63,8 +74,18 @@ class ExtractJob:
 
 def extract_files(net: RetrievalNet, root: Path, rows: Sequence[tuple[int, str]], settings: ExtractSettings,
                   device, max_pixels: int | None, workers: int | None, bar=None):
-    """Extract `rows` (id, path): ({id: (w, h)} and vectors of the usable ones, {id: reason})."""
+    """Extract `rows` (id, path): ({id: (w, h)} and vectors of the usable ones, {id: reason}). A symbolic
+    link out of the collection is skipped unread (deepret.index.photos)."""
+    outside = {image_id: reason for image_id, p in rows if (reason := outside_link_reason(root, root / p))}
+    if outside:
+        sizes, vectors, skipped = extract_files(net, root, [r for r in rows if r[0] not in outside], settings,
+                                                device, max_pixels, workers, None)
+        if bar is not None:
+            bar.update(len(rows))
+        return sizes, vectors, {**skipped, **outside}
     paths = [root / p for _, p in rows]
+    if not paths:
+        return {}, np.zeros((0, net.dim), np.float32), {}
     found = extract(net, paths, settings=settings, device=device, workers=workers, progress=False,
                     on_error="skip", upright=True, max_pixels=max_pixels)
     vectors, failures = found.vectors, found.failed
@@ -83,11 +104,11 @@ def extract_files(net: RetrievalNet, root: Path, rows: Sequence[tuple[int, str]]
 
 def record(db, rows: Rows, sizes: dict[int, tuple[int, int]], vectors: np.ndarray, skipped: dict[int, str]) -> None:
     """Store a chunk's outcome in its file rows (listed first where missing: a rank's part file) and its vectors."""
-    db.executemany("INSERT OR IGNORE INTO files (id, path) VALUES (?, ?)", rows)
+    db.executemany(f"INSERT OR IGNORE INTO files (id, path) VALUES (?, {NAME})", [(i, name_param(p)) for i, p in rows])
     db.executemany("UPDATE files SET status = 'ok', width = ?, height = ?, reason = NULL WHERE id = ?",
                    [(w, h, i) for i, (w, h) in sizes.items()])
     db.executemany("UPDATE files SET status = 'skipped', reason = ? WHERE id = ?",
-                   [(r, i) for i, r in skipped.items()])
+                   [(printable(r, backslash=False), i) for i, r in skipped.items()])  # one line of UTF-8
     Catalogue.store(db, list(sizes), vectors)
 
 
@@ -101,6 +122,8 @@ def build_folder(photos: str | Path, index_dir: str | Path, model: str = DEFAULT
 
     Each `chunk` files are committed together: a stopped build loses at most one chunk's work."""
     root, index_dir = Path(photos).resolve(), Path(index_dir).resolve()
+    if index_dir.exists() and not index_dir.is_dir():
+        raise DeepretError(f"--index {printable(index_dir)} is a file, not a folder: give a folder for the index")
     if backend not in ("faiss", "milvus"):
         raise DeepretError(f"--backend {backend!r}: use faiss or milvus")
     if backend == "milvus" and not uri:
@@ -108,22 +131,58 @@ def build_folder(photos: str | Path, index_dir: str | Path, model: str = DEFAULT
     if backend == "milvus" and factory != "Flat":
         raise DeepretError(f"--factory {factory}: the Milvus backend searches exactly (FLAT); FAISS factories "
                            "apply to --backend faiss")
+    if backend == "milvus":
+        from deepret.index.milvus import check_installed
+
+        check_installed(uri)
     rank, world, _ = distributed()
     device = setup_device(device) if world > 1 else device
     net = get_model(model, weights=weights)
+    new = rank == 0 and world == 1 and not index_dir.exists()
+    not_indexed: dict[str, int] = {}
+    files = scan(root, exclude=index_dir, not_indexed=not_indexed)
+    if settings is not None and settings.precision == "int8" and not settings.calibration:
+        index_dir.mkdir(parents=True, exist_ok=True)  # int8 without photos given: a sample of the collection
+        sample = write_calibration_sample(index_dir / CALIBRATION_LIST, root, [p for p, v in files.items() if v != UNREADABLE])
+        settings = replace(settings, calibration=str(sample))
     settings = resolve_settings(net, settings, device)
+    check_size(net, settings, max_pixels, device)
     want = build_identity(net, model, weights, settings, factory, backend, uri, root, max_pixels)
-    files = scan(root, exclude=index_dir)
     _check_trainable(factory, len(files), train_on, net.dim)
     job = ExtractJob(net, root, settings, device=device, max_pixels=max_pixels, workers=workers, progress=progress,
                      chunk=chunk, rank=rank, world=world)
-    with ExitStack() as stack:
-        if rank == 0:
-            stack.enter_context(writer_lock(index_dir))
-            _prepare(index_dir, want, files, net.meta.get("backbone"))
-        barrier(world)
-        _extract_pending(index_dir, job, lambda: _training_vectors(job, train_on, factory))
+    try:
+        with ExitStack() as stack:
+            if rank == 0:
+                stack.enter_context(writer_lock(index_dir, needed_bytes=3 * len(files) * (4 * net.dim + 64)))
+                _prepare(index_dir, want, files, net.meta.get("backbone"), not_indexed)
+            barrier(world)
+            _extract_pending(index_dir, job, lambda: _training_vectors(job, train_on, factory))
+    except BaseException:
+        if new:
+            _remove_if_unstarted(index_dir)
+        raise
     return net, device
+
+
+def _remove_if_unstarted(index_dir: Path) -> None:
+    """After a failed first build into a folder it created: remove the folder when nothing was extracted
+    yet (only deepret's own files are in it), so that no half-made index is left behind."""
+    ours = {CATALOGUE, CATALOGUE + "-wal", CATALOGUE + "-shm", CATALOGUE + "-journal", LOCK, PARTS}
+    try:
+        if not index_dir.is_dir() or any(p.name not in ours for p in index_dir.iterdir()):
+            return
+        if (index_dir / CATALOGUE).is_file():
+            cat = Catalogue(index_dir)
+            try:
+                started = cat.db.execute("SELECT COUNT(*) FROM files WHERE status != 'pending'").fetchone()[0]
+            finally:
+                cat.close()
+            if started:
+                return
+        shutil.rmtree(index_dir)
+    except (OSError, DeepretError, sqlite3.Error):
+        pass  # the original error is the one to report
 
 
 def _check_trainable(factory: str, n_files: int, train_on, dim: int) -> None:
@@ -164,11 +223,13 @@ def _extract_pending(index_dir: Path, job: ExtractJob, training: Callable[[], np
         cat.close()
 
 
-def _prepare(index_dir: Path, want: dict, files: dict[str, tuple[int, int]], backbone: str | None) -> None:
-    """Create the catalogue (or check it is this build's) and list the photos not yet in it."""
-    fresh = not (index_dir / CATALOGUE).is_file()
+def _prepare(index_dir: Path, want: dict, files: dict[str, tuple[int, int]], backbone: str | None,
+             not_indexed: dict[str, int]) -> None:
+    """Create the catalogue (or check it is this build's), list the photos not yet in it and store the
+    counts of the files not indexed (by suffix)."""
     cat = Catalogue(index_dir, create=True)
     try:
+        fresh = cat.meta("fingerprint") is None  # also a build that died before its identity was committed
         if not fresh:
             check_same(cat.all_meta(), want, index_dir, backbone)
             merge_parts(cat)
@@ -182,8 +243,9 @@ def _prepare(index_dir: Path, want: dict, files: dict[str, tuple[int, int]], bac
         with cat.write() as db:
             if fresh:
                 Catalogue.set_meta(db, **want, state="building", version=0)
-            db.executemany("INSERT OR IGNORE INTO files (path, size, mtime_ns) VALUES (?, ?, ?)",
-                           [(p, s, m) for p, (s, m) in files.items()])
+            db.executemany(f"INSERT OR IGNORE INTO files (path, size, mtime_ns) VALUES ({NAME}, ?, ?)",
+                           [(name_param(p), s, m) for p, (s, m) in files.items()])
+            Catalogue.set_meta(db, not_indexed=by_count(not_indexed))
     finally:
         cat.close()
 

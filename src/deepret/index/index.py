@@ -3,6 +3,10 @@
 `Index.open(DIR)` reads the catalogue and loads the vector backend; every search first checks the
 catalogue's version (one small query) and picks up what another process committed since, so a
 long-running searcher (the web app) sees updates without reopening. Methods are thread-safe.
+
+Opening checks the catalogue's small tables (PRAGMA quick_check) and the vector file (size, header,
+stamp: deepret.index.checks); damage is a DeepretError naming the file and `deepret index repair`
+(deepret.index.integrity), never wrong results.
 """
 from __future__ import annotations
 
@@ -21,12 +25,20 @@ from deepret.extract import ExtractSettings, extract
 from deepret.index.backends import open_backend
 from deepret.index.build import ExtractJob, build_folder
 from deepret.index.catalogue import Catalogue
+from deepret.index.checks import fault_point
 from deepret.index.identity import stored_settings
 from deepret.index.lock import writer_lock
 from deepret.index.reranking import IndexReranking
 from deepret.index.update import UpdateReport, find_changes
 from deepret.models import RetrievalNet, get_model, model_fingerprint
-from deepret.precision import interchangeable, parse_precision, portable_precision, resolve_engine, resolve_precision
+from deepret.precision import (
+    interchangeable,
+    parse_engine,
+    parse_precision,
+    portable_precision,
+    resolve_engine,
+    resolve_precision,
+)
 from deepret.runtime import default_device
 
 BBox = Sequence[float]
@@ -61,33 +73,49 @@ class SearchResult:
 class Index:
     """A built index folder: catalogue.sqlite + vector backend."""
 
-    def __init__(self, index_dir: str | Path, device: str | None = None, precision: str = "auto") -> None:
+    def __init__(self, index_dir: str | Path, device: str | None = None, precision: str = "auto",
+                 engine: str = "auto") -> None:
         self.catalogue = Catalogue(index_dir)
         self.lock = threading.RLock()
-        self.meta = self.catalogue.all_meta()
+        try:
+            problems = self.catalogue.quick_check()
+            if problems:
+                raise self.catalogue.damaged(problems[0])
+            with self.catalogue.guard():
+                self.meta = self.catalogue.all_meta()
+        except BaseException:
+            self.catalogue.close()
+            raise
         if self.meta.get("state") != "ready":
             self.catalogue.close()
             raise DeepretError(f"the build of index {index_dir} has not finished: run the same `deepret index "
                                "build` again to resume it")
         self.root = Path(self.meta["root"])
-        self.device, self.precision = device, parse_precision(precision)
+        self.device, self.precision, self.engine = device, parse_precision(precision), parse_engine(engine)
         self.settings = stored_settings(self.meta["settings"])
         self.backend = open_backend(self.catalogue)
         self._net: RetrievalNet | None = None
         self._version = -1
         self.reranking = IndexReranking(self.catalogue.dir, self._snapshot)
-        self.refresh()
+        try:
+            self.refresh()
+        except BaseException:
+            self.close()
+            raise
 
     @classmethod
-    def open(cls, index_dir: str | Path, device: str | None = None, precision: str = "auto") -> Index:
+    def open(cls, index_dir: str | Path, device: str | None = None, precision: str = "auto",
+             engine: str = "auto") -> Index:
         """`precision`: of the queries and updates; auto: the stored one, or fp32 where that one is
-        emulated (deepret.precision.portable_precision); another: checked to match the stored one."""
-        return cls(index_dir, device, precision)
+        emulated (deepret.precision.portable_precision); another: checked to match the stored one.
+        `engine`: auto, torch or openvino (any of them for fp32 indexes: the same descriptors;
+        int8 only on openvino, bf16/fp16 only on torch)."""
+        return cls(index_dir, device, precision, engine)
 
     # --- state
     def refresh(self) -> None:
         """Pick up changes committed by any process since the last look."""
-        with self.lock:
+        with self.lock, self.catalogue.guard():
             version = self.catalogue.version()
             if version != self._version:
                 self.backend.refresh(self.catalogue)
@@ -135,7 +163,16 @@ class Index:
                                f"is not measured to give the same ranking: use --precision auto or {stored}")
         else:
             precision = self.precision
-        engine = resolve_engine("openvino" if precision == "int8" else "auto", device, precision)
+        engine = self.engine
+        if precision == "int8":
+            if engine == "torch":
+                raise DeepretError(f"index {self.catalogue.dir} holds int8 descriptors, which only the openvino engine "
+                                   "computes: use --engine auto or openvino")
+            engine = "openvino"
+        elif precision in ("bf16", "fp16") and engine == "openvino":
+            raise DeepretError(f"index {self.catalogue.dir} holds {precision} descriptors, which only the torch engine "
+                               "computes: use --engine auto or torch, or --precision fp32 where it is interchangeable")
+        engine = resolve_engine(engine, device, precision)
         return replace(self.settings, engine=engine,
                        precision=resolve_precision(precision, backbone, device, engine=engine))
 
@@ -208,16 +245,17 @@ class Index:
         if not ids:
             return {}
         marks = ",".join("?" * len(ids))
-        return dict(self.catalogue.db.execute(
-            f"SELECT id, path FROM files WHERE status = 'ok' AND id IN ({marks})", ids).fetchall())
+        with self.catalogue.guard():
+            return dict(self.catalogue.db.execute(
+                f"SELECT id, path FROM files WHERE status = 'ok' AND id IN ({marks})", ids).fetchall())
 
     def vector_of(self, image_id: int) -> np.ndarray:
         """The stored descriptor of an image (DeepretError for an unknown id)."""
         with self.lock:
-            row = self.catalogue.db.execute("SELECT vec FROM vectors WHERE id = ?", (int(image_id),)).fetchone()
-        if row is None:
+            v = self.catalogue.vector(image_id, self.meta["dim"])
+        if v is None:
             raise DeepretError(f"image id {image_id} is not in index {self.catalogue.dir}")
-        return np.frombuffer(row[0], dtype=np.float32).copy()
+        return v
 
     def vectors(self) -> tuple[np.ndarray, np.ndarray]:
         """(ids (N,), descriptors (N, D)) of every indexed image, in storage order (for re-ranking)."""
@@ -226,7 +264,7 @@ class Index:
         return ids, x
 
     def path_of(self, image_id: int) -> Path:
-        with self.lock:
+        with self.lock, self.catalogue.guard():
             path = self.catalogue.path_of(image_id)
         if path is None:
             raise DeepretError(f"image id {image_id} is not in index {self.catalogue.dir}")
@@ -246,17 +284,20 @@ class Index:
         time across processes, the files extracted first and then committed in one transaction."""
         start = time.perf_counter()
         cat = self.catalogue
-        with writer_lock(cat.dir):
+        with writer_lock(cat.dir), cat.guard():
             net = self.load_model()
             with self.lock:
-                known, next_id = cat.files(), cat.next_file_id()
-            changes = find_changes(self.root, known, next_id, paths, exclude=cat.dir.resolve())
+                cat.upgrade()
+                known, next_id, counted = cat.files(), cat.next_file_id(), cat.meta("not_indexed")
+            changes = find_changes(self.root, known, next_id, paths, exclude=cat.dir.resolve(), counted=counted)
             if changes:
                 changes.extract(ExtractJob(net, self.root, self.run_settings(net), self.device,
                                            self.meta.get("max_pixels"), progress=progress))
                 with self.lock:
                     with cat.write() as db:
                         changes.commit(db)
+                        fault_point("before-catalogue-commit")
+                    fault_point("after-catalogue-commit")
                     self.backend_publish()
         if changes:
             self.refresh()
@@ -265,16 +306,17 @@ class Index:
 
     # --- facts
     def info(self) -> dict:
-        with self.lock:
+        with self.lock, self.catalogue.guard():
             self.refresh()
             m = self.meta
             return {"root": str(self.root), "images": len(self), "skipped": self.catalogue.skipped(),
+                    "not_indexed": m.get("not_indexed"),  # {suffix: count}; None: counted by no build yet
                     "model": m["model"], "model_name": m["model_name"], "fingerprint": m["fingerprint"],
                     "settings": m["settings"], "dim": m["dim"], "factory": m["factory"], "backend": m["backend"],
                     "uri": m.get("uri"), "bytes_per_vector": self.backend.bytes_per_vector()}
 
     def __len__(self) -> int:
-        with self.lock:
+        with self.lock, self.catalogue.guard():
             return self.catalogue.count("ok")
 
     def close(self) -> None:

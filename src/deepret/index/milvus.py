@@ -3,7 +3,9 @@
 The catalogue stays the source of truth: Milvus holds a copy of the stored descriptors under the
 same int64 ids, kept in step by `publish` (rows appended since the last sync are upserted, removed
 ids deleted; the synced `seq` is catalogue meta, so a sync interrupted at any moment is redone by
-the next one). Results are mapped to photos through the catalogue, so an id Milvus still returns
+the next one). A collection is loaded when a process opens it (Milvus keeps a collection
+'released' across restarts, Milvus Lite in every new process: search refuses a released one).
+Results are mapped to photos through the catalogue, so an id Milvus still returns
 for a moment after its photo was removed is dropped. Exact search (FLAT, inner product).
 """
 from __future__ import annotations
@@ -14,14 +16,24 @@ from deepret.errors import DeepretError
 from deepret.index.catalogue import Catalogue
 
 BATCH = 2000  # rows per upsert
+INSTALL = "pip install 'deepret[milvus]'"  # the optional extra: pymilvus and milvus-lite
+
+
+def check_installed(uri: str) -> None:
+    """DeepretError naming the extra to install when pymilvus (or milvus-lite, for a local file) is missing."""
+    import importlib.util
+
+    needed = ["pymilvus"] + (["milvus_lite"] if "://" not in uri else [])
+    missing = [name for name in needed if importlib.util.find_spec(name) is None]
+    if missing:
+        raise DeepretError(f"the Milvus backend needs {' and '.join(n.replace('_', '-') for n in missing)}, which "
+                           f"{'is' if len(missing) == 1 else 'are'} not installed: {INSTALL}")
 
 
 def _client(uri: str):
-    try:
-        from pymilvus import MilvusClient
-    except ImportError:
-        raise DeepretError("the Milvus backend needs pymilvus (and milvus-lite for a local file): "
-                           "pip install pymilvus milvus-lite") from None
+    check_installed(uri)
+    from pymilvus import MilvusClient
+
     try:
         return MilvusClient(uri)
     except Exception as exc:
@@ -37,6 +49,7 @@ class MilvusBackend:
     def __init__(self, uri: str, collection: str, dim: int) -> None:
         self.uri, self.collection, self.dim = uri, collection, int(dim)
         self._client = None
+        self._loaded = False
 
     @property
     def client(self):
@@ -76,9 +89,20 @@ class MilvusBackend:
             Catalogue.bump(db)
 
     def refresh(self, cat: Catalogue) -> None:
-        """Milvus serves the latest synced state itself."""
+        """Milvus serves the latest synced state itself; the collection is loaded once per process."""
         if cat.meta("base") is None:
             raise DeepretError(f"index {cat.dir} has not been sent to Milvus yet: run `deepret index build` again")
+        self._load(cat)
+
+    def _load(self, cat: Catalogue) -> None:
+        """Load the collection for search (a no-op when it is loaded already)."""
+        if self._loaded:
+            return
+        if not self.client.has_collection(self.collection):
+            raise DeepretError(f"Milvus at {self.uri} has no collection {self.collection} of index {cat.dir}: build "
+                               "the index again into a new folder (the vectors are in its catalogue)")
+        self.client.load_collection(self.collection)
+        self._loaded = True
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         q = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
@@ -99,3 +123,4 @@ class MilvusBackend:
         if self._client is not None:
             self._client.close()
             self._client = None
+            self._loaded = False

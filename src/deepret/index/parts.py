@@ -22,7 +22,8 @@ def merge_parts(cat: Catalogue) -> None:
             with cat.write() as db:  # idempotent: a merge killed before the unlink is simply redone
                 db.execute("UPDATE files SET status = p.status, width = p.width, height = p.height, reason = p.reason "
                            "FROM part.files AS p WHERE files.id = p.id")
-                db.execute("INSERT OR REPLACE INTO vectors (id, vec) SELECT id, vec FROM part.vectors ORDER BY id")
+                db.execute("INSERT OR REPLACE INTO vectors (id, vec, crc) SELECT id, vec, crc FROM part.vectors "
+                           "ORDER BY id")  # the checksums made by the rank
         finally:
             cat.db.execute("DETACH DATABASE part")
         part.unlink()

@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 
 from deepret.index.build import ExtractJob, Rows, record
-from deepret.index.catalogue import Catalogue
-from deepret.index.photos import UNREADABLE, photo_in, scan
+from deepret.index.catalogue import NAME, Catalogue, name_param
+from deepret.index.checks import fault_point
+from deepret.index.photos import UNREADABLE, by_count, photo_in, scan
 
 
 @dataclass
@@ -31,7 +32,8 @@ class UpdateReport:
 @dataclass
 class Changes:
     """An update's work: extract `rows` (fresh id, path) of new and changed files, drop the ids in `drop`
-    (changed and removed files)."""
+    (changed and removed files), store `not_indexed` (the rescan's counts of files not indexed, where
+    they changed)."""
 
     rows: Rows
     stats: dict[str, tuple[int, int]]  # path: (size, mtime_ns) of each file in rows
@@ -40,9 +42,10 @@ class Changes:
     sizes: dict[int, tuple[int, int]] = field(default_factory=dict)
     vectors: np.ndarray | None = None
     skipped: dict[int, str] = field(default_factory=dict)
+    not_indexed: dict[str, int] | None = None
 
     def __bool__(self) -> bool:
-        return bool(self.rows or self.drop)
+        return bool(self.rows or self.drop) or self.not_indexed is not None
 
     def extract(self, job: ExtractJob) -> None:
         """Describe the new and changed files (before anything is committed)."""
@@ -52,26 +55,32 @@ class Changes:
             self.skipped.update(skipped)
             vectors.append(v)
         self.vectors = np.concatenate(vectors)
+        fault_point("after-extract")
         paths = dict(self.rows)
         self.report.skipped = [{"path": paths[i], "reason": r} for i, r in sorted(self.skipped.items())]
 
     def commit(self, db) -> None:
         """All the changes, in the caller's write transaction."""
         Catalogue.remove(db, self.drop)
-        db.executemany("INSERT INTO files (id, path, size, mtime_ns) VALUES (?, ?, ?, ?)",
-                       [(i, p, *self.stats[p]) for i, p in self.rows])
+        db.executemany(f"INSERT INTO files (id, path, size, mtime_ns) VALUES (?, {NAME}, ?, ?)",
+                       [(i, name_param(p), *self.stats[p]) for i, p in self.rows])
         record(db, self.rows, self.sizes, self.vectors, self.skipped)
+        if self.not_indexed is not None:
+            Catalogue.set_meta(db, not_indexed=self.not_indexed)
         Catalogue.bump(db)
 
 
 def find_changes(root: Path, known: dict[str, tuple[int, int, int, str]], next_id: int,
-                 paths: Sequence[str | Path] | None, exclude: Path) -> Changes:
+                 paths: Sequence[str | Path] | None, exclude: Path, counted: dict[str, int] | None = None) -> Changes:
     """What to do to bring the catalogue's files (`known`, see Catalogue.files) in line with the folder
-    (paths None; `exclude`: the index folder) or with the given files (inside root); new rows get ids from
-    `next_id` on."""
+    (paths None; `exclude`: the index folder; `counted`: the stored counts of files not indexed) or with
+    the given files (inside root); new rows get ids from `next_id` on."""
+    not_indexed = None
     if paths is None:
-        current = scan(root, exclude=exclude)
+        others: dict[str, int] = {}
+        current = scan(root, exclude=exclude, not_indexed=others)
         gone = [known[p][0] for p in known if p not in current]
+        not_indexed = by_count(others) if others != counted else None
     else:
         current, gone = {}, []
         for p in paths:
@@ -85,4 +94,5 @@ def find_changes(root: Path, known: dict[str, tuple[int, int, int, str]], next_i
             if p not in known or known[p][1:3] != sm or known[p][3] == "pending"}
     changed = [known[p][0] for p in todo if p in known]
     report = UpdateReport(added=len(todo) - len(changed), changed=len(changed), removed=len(gone))
-    return Changes([(next_id + j, p) for j, p in enumerate(todo)], todo, gone + changed, report)
+    return Changes([(next_id + j, p) for j, p in enumerate(todo)], todo, gone + changed, report,
+                   not_indexed=not_indexed)

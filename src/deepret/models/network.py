@@ -1,7 +1,8 @@
 """The retrieval network: backbone trunk + head (pooling or fc7) + optional whitening + L2 norm.
 
 Every network carries a `meta` dict that rebuilds it: `save` writes it beside the state_dict and
-`load` turns a checkpoint back into the same network, with no download.
+`load` turns a checkpoint back into the same network, with no download. `load` also takes a
+checkpoint of cirtorch (deepret.models.cirtorch), and `get_model` its published names.
 """
 from __future__ import annotations
 
@@ -17,11 +18,28 @@ from torch import nn
 
 from deepret.errors import DeepretError
 from deepret.fileio import atomic_path
-from deepret.models.backbones import FC7_INPUT_SIZE, build_backbone, default_size
+from deepret.models import cirtorch
+from deepret.models.backbones import build_backbone, default_size
 from deepret.models.pooling import POOLINGS, GeM, l2n
+from deepret.models.registry import CIRTORCH_MODELS, FC7_INPUT_SIZE
+from deepret.models.weights import safe_load
 from deepret.version import __version__
 
 HEADS = ("fc7", "mac", "spoc", "gem")
+
+
+class WhiteningStages(nn.Module):
+    """Linear whitenings applied in turn, each output L2-normalised before the next one (cirtorch's FC
+    whitening followed by its Lw); the network normalises the last output."""
+
+    def __init__(self, stages: list[dict[str, Any]]) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(nn.Linear(s["dim_in"], s["dim_out"], bias=True) for s in stages)
+
+    def forward(self, v: torch.Tensor) -> torch.Tensor:
+        for i, layer in enumerate(self.layers):
+            v = layer(l2n(v) if i else v)
+        return v
 
 
 class RetrievalNet(nn.Module):
@@ -36,9 +54,13 @@ class RetrievalNet(nn.Module):
         self.whitening_from_meta()
 
     def whitening_from_meta(self) -> None:
-        """(Re)create the whitening layer that meta["whitening"] describes (untrained), or none."""
+        """(Re)create the whitening layer that meta["whitening"] describes (untrained), or none; a
+        whitening of several "stages" becomes WhiteningStages."""
         w = self.meta.get("whitening")
-        self.whiten = nn.Linear(w["dim_in"], w["dim_out"], bias=True) if w else None
+        if w and w.get("stages"):
+            self.whiten = WhiteningStages(w["stages"])
+        else:
+            self.whiten = nn.Linear(w["dim_in"], w["dim_out"], bias=True) if w else None
 
     @property
     def dim(self) -> int:
@@ -142,14 +164,14 @@ def save(net: RetrievalNet, path: str | Path, **extra: Any) -> Path:
 
 
 def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
-    """A deepret checkpoint as a dict, loaded with `weights_only=True` (tensors and plain Python
-    containers only: a downloaded file cannot run code). DeepretError for missing, corrupt, foreign
-    or pre-weights_only files."""
+    """A deepret (or cirtorch) checkpoint as a dict, loaded with `weights_only=True` (tensors, plain
+    Python containers and numpy arrays of numbers only: a downloaded file cannot run code).
+    DeepretError for missing, corrupt, foreign or pre-weights_only files."""
     path = Path(path)
     if not path.is_file():
         raise DeepretError(f"checkpoint {path} not found: give a model name (`deepret models`) or a saved checkpoint")
     try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+        checkpoint = safe_load(path, map_location=map_location)
     except pickle.UnpicklingError as exc:  # weights_only refused an object: not written by deepret's save
         raise DeepretError(f"checkpoint {path} holds Python objects other than tensors and plain data "
                            "(a pickled model or a file of another program): deepret loads only its own "
@@ -163,28 +185,52 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return checkpoint
 
 
-def load(path: str | Path, map_location: str | torch.device = "cpu") -> RetrievalNet:
-    """Rebuild a network saved by `save` (architecture from its meta, then its weights)."""
+def load(path: str | Path, map_location: str | torch.device = "cpu", name: str | None = None,
+         origin: str = "") -> RetrievalNet:
+    """Rebuild a network saved by `save` (architecture from its meta, then its weights), or the
+    network of a cirtorch checkpoint (deepret.models.cirtorch: `name` and `origin` name it and say
+    where the file came from)."""
     checkpoint = read_checkpoint(path, map_location)
+    kind = "deepret"
+    if cirtorch.is_cirtorch_checkpoint(checkpoint):
+        kind = "cirtorch"
+        try:
+            checkpoint = cirtorch.to_deepret(checkpoint, path, name=name, origin=origin)
+        except (KeyError, TypeError, AttributeError, ValueError, RuntimeError) as exc:
+            raise DeepretError(f"cirtorch checkpoint {path} cannot be read ({exc.__class__.__name__}: "
+                               f"{_first_line(exc)}): it is damaged or of another version") from exc
     meta, state = checkpoint["meta"], checkpoint["state_dict"]
     try:
         gem_cfg = meta.get("gem") or {}
-        net = create_model(meta["name"], weights="random", p=gem_cfg.get("p", 3.0),
+        # by backbone and head: the name may be another one (a cirtorch network's, saved by deepret)
+        arch = f"{meta['backbone']}-{meta['head']}" if "backbone" in meta and "head" in meta else meta["name"]
+        net = create_model(arch, weights="random", p=gem_cfg.get("p", 3.0),
                            learn_p=gem_cfg.get("learn_p", False), per_channel_p=gem_cfg.get("per_channel", False))
         net.meta = copy.deepcopy(meta)
         net.whitening_from_meta()
         net.load_state_dict(state)
     except (DeepretError, KeyError, TypeError, AttributeError, RuntimeError) as exc:
-        raise DeepretError(f"checkpoint {path} does not describe a deepret network ({exc.__class__.__name__}: "
-                           f"{str(exc).splitlines()[0] if str(exc) else ''}): it is foreign or damaged") from exc
+        raise DeepretError(f"checkpoint {path} does not describe a {kind} network deepret builds "
+                           f"({exc.__class__.__name__}: {_first_line(exc)}): it is foreign or damaged") from exc
     net.meta["checkpoint"] = str(path)
     return net.eval()
 
 
+def _first_line(exc: BaseException) -> str:
+    return str(exc).splitlines()[0] if str(exc) else ""
+
+
 def get_model(spec: str, weights: str = "imagenet") -> RetrievalNet:
-    """`--model` semantics: a checkpoint path if such a file exists, else a registered name."""
+    """`--model` semantics: a checkpoint path if such a file exists, else a registered name; a
+    published cirtorch name loads its network, downloaded once into the torch hub cache."""
     if Path(spec).is_file() or spec.endswith((".pt", ".pth")):
         return load(spec)
+    if spec in CIRTORCH_MODELS:
+        if weights != "imagenet":
+            raise DeepretError(f"{spec} is a network published by cirtorch with its own weights: "
+                               f"leave out --weights {weights}")
+        path, origin = cirtorch.published_path(spec)
+        return load(path, name=spec, origin=origin)
     return create_model(spec, weights=weights)
 
 

@@ -17,14 +17,16 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, FastAPI, File, Form, Query, Request, UploadFile
+from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
 from deepret.errors import DeepretError
-from deepret.fileio import atomic_write_bytes
+from deepret.fileio import atomic_write_bytes, printable
 from deepret.imageio import PHOTO_SUFFIXES, ImageError, image_size
 from deepret.serve.inputs import (
     DEFAULT_MAX_UPLOAD_BYTES,
@@ -38,12 +40,15 @@ from deepret.serve.inputs import (
     upload_name,
 )
 from deepret.serve.limits import BearerToken, BodyLimit
+from deepret.serve.redact import Redactor
 from deepret.serve.thumbs import cache_dir_of, thumb_size, thumbnail
 from deepret.version import __version__
 
 STATIC = Path(__file__).parent / "static"
 MAX_K = 100
 MAX_FILES_PER_UPLOAD = 10
+MAX_ID = 2**63 - 1  # ids are SQLite integers: a larger number is refused (422), not looked up
+DOCS_ASSETS = "/docs-assets"  # Swagger UI served from the fastapi-offline package: /docs works offline
 UPLOADS_FOLDER = "uploads"
 RERANK_TOGGLES = {"qe": "alpha-qe", "diffusion": "diffusion"}  # the page's toggles -> rerank specs
 
@@ -61,6 +66,10 @@ class ServeState:
     ready: threading.Event = field(default_factory=threading.Event)
     load_error: str | None = None
     writer: threading.Lock = field(default_factory=threading.Lock)
+    redact: Redactor = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.redact = Redactor(self.index.root)
 
     def load_model(self) -> None:
         """Load the index's network and run one tiny query through it, so no search pays for either."""
@@ -69,7 +78,7 @@ class ServeState:
             self.index.describe(Image.new("RGB", (64, 64), (128, 128, 128)))
             self.ready.set()
         except Exception as exc:  # reported by /api/health, the server keeps answering
-            self.load_error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            self.load_error = self.redact.text(str(exc).splitlines()[0]) if str(exc) else type(exc).__name__
 
     def require_ready(self) -> None:
         if not self.ready.is_set():
@@ -87,16 +96,16 @@ class ServeState:
 
 def create_app(index_dir: str | Path, token: str | None = None, allow_uploads: bool = False,
                max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, max_pixels: int = DEFAULT_MAX_UPLOAD_PIXELS,
-               device: str | None = None, precision: str = "auto") -> FastAPI:
+               device: str | None = None, precision: str = "auto", engine: str = "auto") -> FastAPI:
     """The app serving the index at `index_dir` (DeepretError at once if it is not an index).
 
     `token`: every /api call needs `Authorization: Bearer <token>`; `allow_uploads`: POST /api/images
     adds photos to the collection (under its uploads/ folder) and the index; `max_pixels`: of an uploaded
-    photo; `precision`: of the queries and uploads (Index.open).
+    photo; `precision`, `engine`: of the queries and uploads (Index.open).
     """
     from deepret.index import Index
 
-    index = Index.open(index_dir, device=device, precision=precision)
+    index = Index.open(index_dir, device=device, precision=precision, engine=engine)
     state = ServeState(index, Path(index_dir), token or None, allow_uploads, int(max_upload_bytes), int(max_pixels))
 
     @asynccontextmanager
@@ -107,11 +116,12 @@ def create_app(index_dir: str | Path, token: str | None = None, allow_uploads: b
         await asyncio.to_thread(loader.join)
         index.close()
 
-    app = FastAPI(title="deepret", version=__version__, lifespan=lifespan,
-                  description="Search a photo collection by example: upload a photo (optionally a box on it) "
-                              "or pick an indexed one, get the most similar photos of the collection.")
+    # no /redoc: ReDoc fetches its logo from a CDN
+    app = FastAPIOffline(title="deepret", version=__version__, lifespan=lifespan, static_url=DOCS_ASSETS, redoc_url=None,
+                         description="Search a photo collection by example: upload a photo (optionally a box on it) "
+                                     "or pick an indexed one, get the most similar photos of the collection.")
     app.state.deepret = state
-    _add_error_handlers(app)
+    _add_error_handlers(app, state.redact)
     app.include_router(_api(state))
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
@@ -144,7 +154,8 @@ def _api(state: ServeState) -> APIRouter:
     def info() -> dict:
         ready = state.ready.is_set()
         run = index.run_settings(index.load_model()) if ready else None
-        return {**_json_safe(index.info()), "ready": ready, "uploads": state.allow_uploads,
+        about = {k: v for k, v in _json_safe(index.info()).items() if k != "root"}  # no server path is sent
+        return {**state.redact.value(about), "ready": ready, "uploads": state.allow_uploads,
                 "query_precision": run and run.precision, "query_engine": run and run.engine,
                 "max_upload_bytes": state.max_upload_bytes, "max_pixels": state.max_pixels,
                 "rerank_toggles": RERANK_TOGGLES}
@@ -152,7 +163,7 @@ def _api(state: ServeState) -> APIRouter:
     @api.post("/search", summary="the k most similar photos to an uploaded photo or an indexed one")
     async def search(
         file: Annotated[UploadFile | None, File(description="a photo (JPEG, PNG, WebP...); or give id")] = None,
-        id: Annotated[int | None, Form(description="search with this indexed photo instead of an upload")] = None,
+        id: Annotated[int | None, Form(ge=0, le=MAX_ID, description="search with this indexed photo instead of an upload")] = None,
         box: Annotated[str | None, Form(description="x1,y1,x2,y2 in the upright photo's pixels")] = None,
         k: Annotated[int, Form(ge=1, le=MAX_K)] = 10,
         offset: Annotated[int, Form(ge=0, le=1_000_000)] = 0,
@@ -165,12 +176,12 @@ def _api(state: ServeState) -> APIRouter:
         return await run_in_threadpool(_search, state, photo, id, box, k, offset, rerank or None)
 
     @api.get("/images/{image_id}", summary="the original photo", response_class=FileResponse)
-    def image(image_id: int) -> FileResponse:
+    def image(image_id: Annotated[int, PathParam(ge=0, le=MAX_ID)]) -> FileResponse:
         return FileResponse(state.photo_path(image_id), headers={"Cache-Control": "private, max-age=3600"})
 
     @api.get("/images/{image_id}/thumb", summary="an upright JPEG thumbnail, cached on disk",
              response_class=Response)
-    def thumb(image_id: int, size: Annotated[int, Query(ge=16, le=1024)] = 256) -> Response:
+    def thumb(image_id: Annotated[int, PathParam(ge=0, le=MAX_ID)], size: Annotated[int, Query(ge=16, le=1024)] = 256) -> Response:
         path = state.photo_path(image_id)
         try:
             data = thumbnail(path, cache_dir_of(state.index_dir), thumb_size(size))
@@ -225,7 +236,7 @@ def _search(state: ServeState, photo: Photo | None, image_id: int | None, box_te
     found = result.to_dict(rounded=True)
     timings = {**found["timings_ms"], "total": round((time.perf_counter() - start) * 1000, 2)}
     return {"query": {**query, "width": w, "height": h, "box": list(box) if box else None},
-            "k": k, "offset": offset, "rerank": rerank, "total": found["total"], "results": found["hits"],
+            "k": k, "offset": offset, "rerank": rerank, "total": found["total"], "results": state.redact.value(found["hits"]),
             "more": offset + len(found["hits"]) < found["total"], "timings": timings}
 
 
@@ -241,13 +252,13 @@ def _add(state: ServeState, photos: list[Photo]) -> dict:
             report = state.index.add_files(paths)
         except DeepretError as exc:  # e.g. another process is updating the index: the files wait for an update
             raise BadInput(409, str(exc).splitlines()[0]) from None
-    return {"added": [_relative(state, p) for p in paths], "report": report.to_dict(),
+    return {"added": [_relative(state, p) for p in paths], "report": state.redact.value(report.to_dict()),
             "images": len(state.index)}
 
 
 def _relative(state: ServeState, path: Path) -> str:
     root = Path(state.index.root).resolve()
-    return Path(path).resolve().relative_to(root).as_posix()
+    return printable(Path(path).resolve().relative_to(root).as_posix(), backslash=False)
 
 
 def _json_safe(value: Any) -> Any:
@@ -263,17 +274,21 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
-def _add_error_handlers(app: FastAPI) -> None:
-    """Every error is JSON {"detail": one line}."""
+def _add_error_handlers(app: FastAPI, redact: Redactor) -> None:
+    """Every error is JSON {"detail": one line}, without server paths."""
 
     @app.exception_handler(BadInput)
     async def bad_input(request: Request, exc: BadInput) -> JSONResponse:
         headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
-        return JSONResponse({"detail": exc.message}, status_code=exc.status, headers=headers)
+        return JSONResponse({"detail": redact.text(exc.message)}, status_code=exc.status, headers=headers)
+
+    @app.exception_handler(Exception)
+    async def internal(request: Request, exc: Exception) -> JSONResponse:  # a bug: logged by uvicorn, not shown
+        return JSONResponse({"detail": "internal error: see the server's log"}, status_code=500)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
         where = ".".join(str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path"))
-        return JSONResponse({"detail": f"{where}: {first.get('msg')}" if where else str(first.get("msg"))},
-                            status_code=422)
+        detail = f"{where}: {first.get('msg')}" if where else str(first.get("msg"))
+        return JSONResponse({"detail": redact.text(detail)}, status_code=422)

@@ -20,8 +20,9 @@ DEFAULT_MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 DEFAULT_MAX_UPLOAD_PIXELS = 50_000_000
 MIN_BOX_SIDE = 4  # pixels: a smaller box has no content to describe
 
-# Pillow format name -> file extension for saved uploads (the formats a browser shows too).
-UPLOAD_FORMATS = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "GIF": ".gif", "BMP": ".bmp", "TIFF": ".tif"}
+# Pillow format name -> file extension for saved uploads (HEIF: pillow-heif's name for HEIC and HEIF).
+UPLOAD_FORMATS = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "GIF": ".gif", "BMP": ".bmp", "TIFF": ".tif",
+                  "HEIF": ".heic", "AVIF": ".avif"}
 
 
 class BadInput(Exception):
@@ -70,7 +71,8 @@ def decode_photo(data: bytes, name: str, max_bytes: int = DEFAULT_MAX_UPLOAD_BYT
             raise BadInput(413, f"{name} {_line(exc.reason)}: send a smaller photo") from None
         raise BadInput(415, f"{name} is not an image that can be read: send a JPEG, PNG or WebP photo") from None
     if header.format not in UPLOAD_FORMATS:
-        raise BadInput(415, f"{name} is a {header.format} file: send a JPEG, PNG, WebP, GIF, BMP or TIFF photo")
+        raise BadInput(415, f"{name} is a {header.format} file: send a JPEG, PNG, WebP, HEIC, AVIF, GIF, BMP "
+                                 "or TIFF photo")
     try:
         open_rgb(io.BytesIO(data), max_pixels=max_pixels)  # every pixel, as the index will decode them
     except ImageError as exc:

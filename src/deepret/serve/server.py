@@ -32,7 +32,8 @@ def exposure_warning(host: str, token: str | None, allow_uploads: bool = False) 
 
 def serve(index_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, token: str | None = None,
           allow_uploads: bool = False, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
-          max_pixels: int = DEFAULT_MAX_UPLOAD_PIXELS, device: str | None = None, precision: str = "auto") -> None:
+          max_pixels: int = DEFAULT_MAX_UPLOAD_PIXELS, device: str | None = None, precision: str = "auto",
+          engine: str = "auto") -> None:
     """Run the app over the index at `index_dir` until interrupted (token from $DEEPRET_TOKEN if not given)."""
     import uvicorn
 
@@ -43,5 +44,5 @@ def serve(index_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, toke
     if warning:
         print(warning, file=sys.stderr)
     app = create_app(index_dir, token=token, allow_uploads=allow_uploads, max_upload_bytes=max_upload_bytes,
-                     max_pixels=max_pixels, device=device, precision=precision)
+                     max_pixels=max_pixels, device=device, precision=precision, engine=engine)
     uvicorn.run(app, host=host, port=port, log_level="info", timeout_keep_alive=5)

@@ -27,7 +27,7 @@ def thumbnail(photo: Path, cache_dir: Path, size: int) -> bytes:
     ImageError if it cannot be. Written atomically; an unwritable cache folder only costs the caching.
     """
     st = photo.stat()
-    key = hashlib.sha1(f"{photo}\0{st.st_size}\0{st.st_mtime_ns}".encode()).hexdigest()
+    key = hashlib.sha1(f"{photo}\0{st.st_size}\0{st.st_mtime_ns}".encode(errors="surrogateescape")).hexdigest()
     cached = cache_dir / str(size) / key[:2] / f"{key}.jpg"
     try:
         return cached.read_bytes()
