@@ -26,7 +26,7 @@ Layers, top to bottom, and why each module sits where it does (what it imports):
                                                                  run on pipeline.benchmark_features
  3 extract, engines, models, evaluate, rerank, vectors, search,  the building blocks; they import each
    features, whiten, precision, datasets, viz, augment,          other (extract -> models, precision;
-   protocols                                                     evaluate -> search, protocols;
+   protocols, separation                                         evaluate -> search, protocols;
                                                                  viz.tsne -> features, datasets)
  4 imageio, fileio, runtime, errors, argtypes, version, lazy     leaves: no deepret import but errors
 == ============================================================ =======================================
@@ -45,7 +45,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("study", "index", "serve"),
     ("pipeline", "train", "compression", "robustness"),
     ("extract", "engines", "models", "evaluate", "rerank", "vectors", "search", "features", "whiten",
-     "precision", "datasets", "viz", "augment", "protocols"),
+     "precision", "datasets", "viz", "augment", "protocols", "separation"),
     ("imageio", "fileio", "runtime", "errors", "argtypes", "version", "lazy"),
 )
 LAYER_OF = {name: level for level, names in enumerate(LAYERS) for name in names}

@@ -264,3 +264,49 @@ def test_torchrun_ranks_skip_a_corrupt_batch_together(tmp_path):
     records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     # 24 images, 12 per rank, 1 per batch: the step holding the broken image is skipped on both ranks
     assert [r["step"] for r in records if "loss" in r] == list(range(1, 12))
+
+
+@pytest.mark.parametrize("method", ["pca", "lw"])
+def test_projection_starts_from_the_whitening_it_is_given(landmarks, method):
+    from deepret.extract import ExtractSettings, extract
+    from deepret.models import create_model
+    from deepret.train.rank import init_projection
+    from deepret.train.whitening import matching_pairs
+    from deepret.whiten import fit_whitening
+
+    net = create_model(MODEL)
+    cfg = _cfg(Path("unused"))
+    dim = 8 if method == "pca" else 64  # well-conditioned directions (PCA-w of 23 images: at most 22)
+    init_projection(net, landmarks, dim, cfg, "cpu", method=method)
+    assert net.dim == dim and net.meta["whitening"]["method"] == f"{method}-init, trained end to end"
+    assert net.meta["whitening"]["init_shrinkage"] == (1.0 if method == "lw" else 0.0)  # the defaults
+    plain = create_model(MODEL)
+    pooled = extract(plain, landmarks.paths, settings=ExtractSettings(size=64, precision="fp32", engine="torch"), progress=False).vectors
+    expected = fit_whitening(method, pooled.astype(np.float64), pairs=matching_pairs(landmarks) if method == "lw" else None,
+                             dim=dim, shrinkage=1.0 if method == "lw" else 0.0)
+    got = extract(net, landmarks.paths[:4], settings=ExtractSettings(size=64, precision="fp32", engine="torch"), progress=False).vectors
+    assert np.allclose(got, expected.transform(pooled[:4]), atol=2e-3)
+
+
+def test_bad_projection_init_is_refused(landmarks, tmp_path, capsys):
+    with pytest.raises(DeepretError, match="--proj-init 'zca': use pca or lw"):
+        train_rank(landmarks, MODEL, _cfg(tmp_path / "run", epochs=1), proj=8, proj_init="zca")
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "rank", "--data", str(require_data("landmarks-mini")), "--out", str(tmp_path / "r"),
+              "--proj", "8", "--proj-init", "zca"])
+    assert exc.value.code == 2 and "invalid choice: 'zca'" in capsys.readouterr().err
+
+
+def test_freeze_counts_the_stages_of_a_wrapped_efficientnet():
+    from deepret.models import create_model
+    from deepret.train.classify import freeze_blocks, trunk_blocks
+
+    net = create_model("efficientnet_lite0-spoc", weights="random")
+    blocks = trunk_blocks(net)
+    assert len(blocks) >= 11  # stem conv, stem norm, 7 stages, head conv, head norm (+ unused classifier)
+    freeze_blocks(net, 9)  # all but the head conv and its norm
+    trainable = {n.split(".")[1] for n, p in net.trunk.named_parameters() if p.requires_grad}
+    assert {"conv_head", "bn2"} <= trainable and not trainable & {"conv_stem", "bn1", "blocks"}
+    with pytest.raises(DeepretError, match="has only"):
+        freeze_blocks(net, len(blocks) + 1)

@@ -242,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_train_parsers(sub) -> None:
-    from deepret.train.config import DEFAULT_MARGINS, ClassifyOptions, RankOptions, train_config
+    from deepret.train.config import DEFAULT_MARGINS, PROJ_INITS, ClassifyOptions, RankOptions, train_config
 
     p = sub.add_parser("train", help="finetune a network as a classifier or for ranking")
     modes = p.add_subparsers(dest="mode", required=True)
@@ -293,7 +293,12 @@ def _add_train_parsers(sub) -> None:
                            help="random pool to mine negatives from")
             p.add_argument("--queries", type=positive_int, default=r.queries, help="tuples per epoch")
             p.add_argument("--proj", type=positive_int, default=r.proj,
-                           help="FC projection to DIM, initialised by PCA-whitening")
+                           help="FC projection to DIM, initialised by --proj-init")
+            p.add_argument("--proj-init", choices=PROJ_INITS, default=r.proj_init,
+                           help="start of the projection: PCA-whitening (pca, at most images-1 dims) or "
+                                "learned whitening on same-class pairs (lw)")
+            p.add_argument("--proj-shrinkage", type=nonnegative_float, default=r.proj_shrinkage,
+                           help="eigenvalue shrinkage of that start, x the mean eigenvalue (default 0 pca, 1 lw)")
             p.add_argument("--learn-p", action="store_true", help="learn the GeM exponent")
             p.add_argument("--multires", type=parse_scales, default=r.multires,
                            help="training scales, e.g. 0.75,1,1.25")

@@ -20,7 +20,8 @@ def cmd_train(args) -> int:
     else:
         last = train_rank(data, args.model, cfg, weights=args.weights, loss=args.loss, margin=args.margin,
                           negatives=args.negatives, pool_size=args.pool_size, queries=args.queries,
-                          proj=args.proj, learn_p=args.learn_p, multires=args.multires)
+                          proj=args.proj, learn_p=args.learn_p, multires=args.multires,
+                          proj_init=args.proj_init, proj_shrinkage=args.proj_shrinkage)
     if is_main_process():
         print(f"wrote {last} (evaluate it with: deepret eval --model {last} --dataset ... --root ...)")
     return 0

@@ -77,25 +77,36 @@ def _classify(choice: Choice, cfg: StudyConfig, data: LabelledImages, ckpts: Pat
               "train": str(cfg.train)}
     folder = ckpts / f"classify-{choice.model}-{recipe_hash(recipe)}"
     last, reused = _ensure_trained(folder, recipe, cfg.classify.epochs, lambda resume: train_classify(
-        data, choice.model, _train_config(cfg, "classify", folder, cfg.classify, "none", resume), weights="imagenet"))
+        data, choice.model, _train_config(cfg, "classify", folder, cfg.classify, "none", resume), weights="imagenet",
+        freeze=cfg.classify.freeze))
     return Built(load(last), last, folder, reused)
 
 
 def _rank(step: Step, choice: Choice, cfg: StudyConfig, data: LabelledImages, ckpts: Path) -> Built:
     usable, _ = rankable(data)
-    proj = min(cfg.proj, choice.dim, len(usable) - 1)
-    notes = () if proj == cfg.proj else (
-        f"FC projection {proj}-d instead of {cfg.proj}: PCA-whitening initialises it, and "
-        f"{len(usable)} training images give at most {len(usable) - 1} dimensions",)
+    proj, notes = projection_dim(cfg, choice.dim, len(usable))
     recipe = {"mode": "rank", "model": choice.model, "budget": asdict(cfg.rank), "augment": step.augment,
-              "proj": proj, "negatives": cfg.negatives, "pool_size": cfg.pool_size, "seed": cfg.seed,
-              "train": str(cfg.train)}
+              "proj": proj, "proj_init": cfg.proj_init, "proj_shrinkage": cfg.whiten_shrinkage,
+              "negatives": cfg.negatives, "pool_size": cfg.pool_size, "seed": cfg.seed, "train": str(cfg.train)}
     folder = ckpts / f"rank-{choice.model}-{recipe_hash(recipe)}"
     b = cfg.rank
     last, reused = _ensure_trained(folder, recipe, b.epochs, lambda resume: train_rank(
         data, choice.model, _train_config(cfg, "rank", folder, b, step.augment, resume), weights="imagenet",
-        loss="triplet", negatives=cfg.negatives, pool_size=cfg.pool_size, queries=b.queries, proj=proj))
+        loss="triplet", margin=b.margin, negatives=cfg.negatives, pool_size=cfg.pool_size, queries=b.queries, proj=proj,
+        proj_init=cfg.proj_init, proj_shrinkage=cfg.whiten_shrinkage))
     return Built(load(last), last, folder, reused, proj, notes)
+
+
+def projection_dim(cfg: StudyConfig, dim: int, n_images: int) -> tuple[int, tuple[str, ...]]:
+    """The FC projection's size for a `dim`-d network trained on `n_images`, and a note when it is
+    capped: PCA-whitening spans at most n_images - 1 dimensions, Lw at most the network's."""
+    cap = dim if cfg.proj_init == "lw" else min(dim, n_images - 1)
+    proj = min(cfg.proj, cap)
+    if proj == cfg.proj:
+        return proj, ()
+    why = (f"the network gives {dim}" if cap == dim else
+           f"PCA-whitening initialises it, and {n_images} training images give at most {n_images - 1} dimensions")
+    return proj, (f"FC projection {proj}-d instead of {cfg.proj}: {why}",)
 
 
 def _whiten(method: str, choice: Choice, cfg: StudyConfig, data: LabelledImages, ckpts: Path) -> Built:

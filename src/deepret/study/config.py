@@ -9,6 +9,7 @@ from typing import Any
 from deepret.errors import DeepretError
 from deepret.precision import parse_precision
 from deepret.study.steps import ALL_STEPS
+from deepret.train.config import PROJ_INITS
 
 # Where ImageNet weights of the study's networks cannot be had, stand-ins of growing capacity, as
 # the original study grows its networks: the smallest for AlexNet, the largest for ResNet50.
@@ -17,15 +18,18 @@ STANDINS = {"alexnet": "efficientnet_lite0", "resnet18": "efficientnet_lite1", "
 
 @dataclass
 class Budget:
-    """How much one training step may do: epochs, tuples per epoch (rank), image size, lr, batch size.
-    The study's own small budgets (StudyConfig); everything else of training takes deepret.train's
-    defaults (train_config)."""
+    """How much one training step may do: epochs, tuples per epoch (rank), image size, lr, batch size,
+    frozen trunk blocks (classify), triplet margin (rank; None: deepret.train's default). The study's
+    own small budgets (StudyConfig, chosen by bench/study_sweep.py on a validation split of the
+    training list); everything else of training takes deepret.train's defaults (train_config)."""
 
     epochs: int
     queries: int
     size: int
     lr: float
     batch_size: int
+    freeze: int = 0
+    margin: float | None = None
 
 
 @dataclass
@@ -34,7 +38,7 @@ class StudyConfig:
 
     dataset: str = "oxford5k-mini"
     root: Path = Path("../shared/data")
-    train: Path = Path("../shared/data/landmarks-mini")
+    train: Path = Path("../shared/data/paris-train.txt")   # 245 Paris6k photos of 5 landmarks
     out: Path = Path("runs/study")
     query: int = 0
     topk: int = 10
@@ -46,11 +50,13 @@ class StudyConfig:
     resnet50: str = "resnet50"
     backbone: str | None = None                       # stands in for all three when set
     standins: dict[str, str] = field(default_factory=lambda: dict(STANDINS))  # role -> backbone without weights
-    classify: Budget = field(default_factory=lambda: Budget(epochs=2, queries=0, size=224, lr=1e-4, batch_size=8))
-    rank: Budget = field(default_factory=lambda: Budget(epochs=2, queries=20, size=256, lr=5e-6, batch_size=4))
+    classify: Budget = field(default_factory=lambda: Budget(epochs=1, queries=0, size=224, lr=1e-4, batch_size=8))
+    rank: Budget = field(default_factory=lambda: Budget(epochs=2, queries=20, size=192, lr=2e-5, batch_size=4,
+                                                        margin=1.5))
     negatives: int = 3
     pool_size: int = 50
     proj: int = 512                                   # FC projection of 1f/1g/1i (capped by the train set)
+    proj_init: str = "lw"                             # its start: 'lw' (as 1e-lw) or 'pca' (as 1e)
     whiten_shrinkage: float = 1.0                     # 1e, 1e-lw: eigenvalue regularisation (x their mean)
     whiten_size: int = 384
     seed: int = 0
@@ -70,6 +76,8 @@ class StudyConfig:
                 setattr(self, name, _budget(value, name))
         self.scales = tuple(float(s) for s in self.scales)
         self.precision = parse_precision(self.precision)
+        if self.proj_init not in PROJ_INITS:
+            raise DeepretError(f"study proj_init {self.proj_init!r}: use {' or '.join(PROJ_INITS)}")
         self.steps = tuple(str(s) for s in self.steps)
         unknown = [s for s in self.steps if s not in ALL_STEPS]
         if unknown:
@@ -150,6 +158,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=positive_int, default=None, help="epochs of every training step")
     p.add_argument("--queries", type=positive_int, default=None, help="training tuples per epoch (ranking steps)")
     p.add_argument("--train-size", type=positive_int, default=None, help="training image size of every training step")
+    p.add_argument("--proj-init", choices=PROJ_INITS, default=None,
+                   help="start of the FC projection of 1f-1i: lw (as 1e-lw, default) or pca (as 1e)")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--device", default=None)
     p.add_argument("--workers", type=nonnegative_int, default=None)
@@ -162,7 +172,7 @@ def config_from_args(args: argparse.Namespace) -> StudyConfig:
     return load_config(
         args.config, dataset=args.dataset, root=args.root, train=args.train, out=args.out,
         steps=tuple(args.steps.split(",")) if args.steps else None, query=args.query, topk=args.topk,
-        size=args.size, backbone=args.backbone, standins=args.standin, seed=args.seed, device=args.device,
+        size=args.size, backbone=args.backbone, proj_init=args.proj_init, standins=args.standin, seed=args.seed, device=args.device,
         workers=args.workers, precision=args.precision, progress=False if args.quiet else None,
         classify_epochs=args.epochs, rank_epochs=args.epochs, rank_queries=args.queries,
         classify_size=args.train_size, rank_size=args.train_size)

@@ -34,10 +34,34 @@ def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.2f}"
 
 
+def _fmt3(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def _separation(r: dict[str, Any], unlabeled_view: bool) -> str:
+    """The step's separation measures in words (descriptor space, database images)."""
+    s = r["separation"]
+    text = (f"Landmark separation of the {s['labelled']} labelled database images in descriptor space: silhouette "
+            f"(cosine) {_fmt3(s['silhouette'])}, leave-one-out {s['k']}-NN landmark accuracy {_fmt(s['knn_accuracy'])}%.")
+    if unlabeled_view:
+        unlabelled = s["images"] - s["labelled"]
+        text += (f" Labelled against unlabelled images: silhouette {_fmt3(s['unlabelled_silhouette'])}, "
+                 f"{s['k']}-NN accuracy {_fmt(s['unlabelled_knn_accuracy'])}%." if unlabelled else
+                 " Labelled against unlabelled images: not measurable, every database image is a positive of "
+                 "some query (no unlabelled image).")
+    return text
+
+
+def _signed(value: float | None, digits: int = 2) -> str:
+    return "" if value is None else f"{value:+.{digits}f}"
+
+
 def _table(results: dict[str, Any]) -> str:
     protocols = results["protocols"]
+    primary = results.get("primary_protocol") or (protocols[0] if protocols else "")
     head = ["step", "model", "backbone", "weights actually used", "descriptor size",
-            *(f"mAP ({p})" for p in protocols), f"AP of query {results['query']}"]
+            *(f"mAP ({p})" for p in protocols), f"AP of query {results['query']}",
+            "builds on", f"change of mAP ({primary})", "silhouette (cosine)", "k-NN accuracy %"]
     rows = []
     for r in results["steps"]:
         cells = [f'<td><a href="#step-{r["step"]}">{r["step"]}</a></td>', f"<td>{escape(r['model'])}</td>",
@@ -45,7 +69,11 @@ def _table(results: dict[str, Any]) -> str:
                  f'<td class="{"standin" if r["standin"] else ""}">{escape(r["weights"])}</td>',
                  f'<td class="num">{r["dim"]}</td>',
                  *(f'<td class="num">{_fmt(r["map"].get(p))}</td>' for p in protocols),
-                 f'<td class="num">{_fmt(r["query_ap"])}</td>']
+                 f'<td class="num">{_fmt(r["query_ap"])}</td>',
+                 f"<td>{escape(r.get('base') or '')}</td>",
+                 f'<td class="num">{_signed((r.get("change") or {}).get("map"))}</td>',
+                 f'<td class="num">{_fmt3((r.get("separation") or {}).get("silhouette"))}</td>',
+                 f'<td class="num">{_fmt((r.get("separation") or {}).get("knn_accuracy"))}</td>']
         rows.append("<tr>" + "".join(cells) + "</tr>")
     return ("<table><thead><tr>" + "".join(f"<th>{escape(h)}</th>" for h in head) + "</tr></thead><tbody>"
             + "\n".join(rows) + "</tbody></table>")
@@ -60,6 +88,12 @@ def _section(r: dict[str, Any]) -> str:
              + (f", scales {', '.join(f'{s:g}' for s in r['scales'])}" if len(r["scales"]) > 1 else "")
              + f". mAP: {escape(maps)}; AP of the chosen query ({escape(str(r['query_ap_protocol']))}): "
              f"{_fmt(r['query_ap'])}.</p>"]
+    if r.get("summary"):
+        parts.append(f'<p class="summary"><b>{escape(r["summary"])}</b></p>')
+    if r.get("separation"):
+        parts.append(f"<p>{escape(_separation(r, 'tsne_unlabeled' in r['figures']))}</p>")
+    if r.get("why"):
+        parts.append(f'<p class="notes">{escape(r["why"])}</p>')
     if r["notes"]:
         parts.append('<ul class="notes">' + "".join(f"<li>{escape(n)}</li>" for n in r["notes"]) + "</ul>")
     for key in ("topk", "tsne", "tsne_unlabeled", "triplets"):
@@ -89,6 +123,21 @@ def _whitening_words(results: dict[str, Any]) -> str:
             "shrinkage at full dimension, which suits few training images.</p>")
 
 
+def _training_words(results: dict[str, Any]) -> str:
+    t = results.get("training_set")
+    if not t:
+        return ""
+    ids = [r["step"] for r in results["steps"] if r["step"] in ("1b", "1e", "1e-lw", "1f", "1g", "1h", "1i")]
+    if not ids:
+        return ""
+    cost = [f"{r['step']} {r['seconds']:.0f} s" for r in results["steps"]
+            if r["step"] in ("1b", "1f", "1g", "1i") and r.get("checkpoint") and not r.get("checkpoint_reused")]
+    return (f"<p>Training and whitening ({', '.join(ids)}) used {escape(t['words'])}. None of them is in the "
+            "benchmark (the study refuses a training set that shares images with it)."
+            + (f" Training steps trained in this run, with their evaluation: {escape(', '.join(cost))}." if cost else "")
+            + "</p>")
+
+
 def render(results: dict[str, Any]) -> str:
     """The whole report page."""
     title = f"deepret study on {results['dataset']}"
@@ -100,7 +149,7 @@ def render(results: dict[str, Any]) -> str:
 Where the study's network has no ImageNet weights on this machine, the column "weights actually used" says
 which network stands in for it and why (highlighted). mAP and AP are in %. This run took {results['wall_s']} s (checkpoints and features
 from earlier runs with the same settings are reused).</p>
-{_standins(results)}{_whitening_words(results)}
+{_standins(results)}{_training_words(results)}{_whitening_words(results)}
 {_table(results)}
 {''.join(_section(r) for r in results['steps'])}
 <section id="config"><h2>Command and configuration</h2>

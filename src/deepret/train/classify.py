@@ -43,9 +43,20 @@ class Classifier(nn.Module):
         return self.fc(self.net.pool_map(self.net.trunk(x)))
 
 
-def freeze_blocks(net: RetrievalNet, n: int) -> None:
-    """Freeze the first `n` top-level blocks of the trunk (for fc7 trunks, the conv layers count as one)."""
+def trunk_blocks(net: RetrievalNet) -> list[nn.Module]:
+    """The trunk's blocks in input order, as `--freeze N` counts them: its top-level children (for fc7
+    trunks the conv layers count as one); a trunk wrapping one model (timm's EfficientNet) is opened
+    up, with its `blocks` stages counted one by one (stem conv, stem norm, 7 stages, head conv, ...)."""
     blocks = list(net.trunk.children())
+    while len(blocks) == 1 and list(blocks[0].children()):
+        blocks = [b for name, child in blocks[0].named_children()
+                  for b in (list(child.children()) if name == "blocks" else [child])]
+    return [b for b in blocks if any(True for _ in b.parameters())]
+
+
+def freeze_blocks(net: RetrievalNet, n: int) -> None:
+    """Freeze the first `n` blocks of the trunk (trunk_blocks)."""
+    blocks = trunk_blocks(net)
     if n > len(blocks):
         raise DeepretError(f"--freeze {n}: the trunk of {net.meta['name']} has only {len(blocks)} blocks")
     for block in blocks[:n]:

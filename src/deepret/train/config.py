@@ -48,6 +48,9 @@ def train_config(mode: str, out: str | Path = ".", **overrides: Any) -> TrainCon
     return TrainConfig(out=Path(out), **{**MODE_DEFAULTS[mode], **overrides})
 
 
+# how the FC projection of `train rank --proj` starts (deepret.whiten's methods)
+PROJ_INITS = ("pca", "lw")
+
 # the margin of each ranking loss when --margin is not given (deepret.train.losses)
 DEFAULT_MARGINS = {"triplet": 0.1, "contrastive": 0.7}
 
@@ -61,7 +64,9 @@ class RankOptions:
     negatives: int = 5               # hard negatives per tuple
     pool_size: int = 200             # random pool to mine negatives from
     queries: int = 100               # tuples per epoch
-    proj: int | None = None          # FC projection initialised by PCA-whitening
+    proj: int | None = None          # FC projection after pooling (None: none)
+    proj_init: str = "pca"           # its start: 'pca' (PCA-whitening) or 'lw' (learned whitening, same-class pairs)
+    proj_shrinkage: float | None = None  # eigenvalue shrinkage of that start; None: 0 for pca, 1 for lw
     learn_p: bool = False
     multires: tuple[float, ...] = (1.0,)
 
@@ -71,5 +76,5 @@ class ClassifyOptions:
     """What only `train classify` takes, with its defaults."""
 
     init: str = "xavier"
-    freeze: int = 0                  # first N blocks of the backbone frozen
+    freeze: int = 0                  # first N blocks of the backbone frozen (deepret.train.classify.trunk_blocks)
     val_fraction: float = 0.0        # images held out for accuracy

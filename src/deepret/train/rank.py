@@ -1,5 +1,6 @@
 """`deepret train rank`: finetune a retrieval network with a triplet or contrastive loss on tuples
-mined each epoch, with an optional FC projection initialised from PCA-whitening and learnable GeM p."""
+mined each epoch, with an optional FC projection initialised from PCA-whitening or learned whitening
+(Lw) and learnable GeM p."""
 from __future__ import annotations
 
 import json
@@ -19,10 +20,12 @@ from deepret.errors import DeepretError
 from deepret.extract import ExtractSettings, extract
 from deepret.models import GeM, RetrievalNet, get_model
 from deepret.runtime import setup_device
+from deepret.train.config import PROJ_INITS
 from deepret.train.images import TrainImages
 from deepret.train.losses import DEFAULT_MARGINS, LOSSES
 from deepret.train.mining import Tuple, mine_tuples
 from deepret.train.runner import RankOptions, Run, TrainConfig, freeze_batchnorm, make_optimizer
+from deepret.train.whitening import matching_pairs
 from deepret.whiten import fit_whitening
 
 
@@ -56,12 +59,20 @@ def make_p_learnable(net: RetrievalNet) -> None:
 
 
 def init_projection(net: RetrievalNet, data: LabelledImages, dim: int, cfg: TrainConfig, device,
-                    precision: str = "fp32") -> None:
-    """FC projection after pooling, initialised from the PCA-whitening of the training descriptors."""
-    pooled = extract(net, data.paths, settings=ExtractSettings(size=cfg.size, precision=precision, engine="torch"), device=device,
-                     workers=cfg.workers, desc="PCA of the training set", progress=cfg.progress).vectors
-    matrix, bias = fit_whitening("pca", pooled, dim=dim).as_linear()
-    net.set_whitening(matrix, bias, method="pca-init, trained end to end")
+                    precision: str = "fp32", method: str = "pca", shrinkage: float | None = None) -> None:
+    """FC projection after pooling, initialised from a whitening of the training descriptors: 'pca'
+    (PCA-whitening, at most len(data) - 1 dimensions) or 'lw' (learned whitening on the same-class
+    pairs, regularised by `shrinkage` x the mean eigenvalue; None: 0 for pca, 1 for lw)."""
+    if method not in PROJ_INITS:
+        raise DeepretError(f"--proj-init {method!r}: use {' or '.join(PROJ_INITS)}")
+    shrinkage = (1.0 if method == "lw" else 0.0) if shrinkage is None else shrinkage
+    pooled = extract(net, data.paths, settings=ExtractSettings(size=cfg.size, precision=precision, engine="torch"),
+                     device=device, workers=cfg.workers, desc=f"{method} of the training set",
+                     progress=cfg.progress).vectors.astype(np.float64)
+    pairs = matching_pairs(data) if method == "lw" else None
+    matrix, bias = fit_whitening(method, pooled, pairs=pairs, dim=dim, shrinkage=shrinkage).as_linear()
+    net.set_whitening(matrix, bias, method=f"{method}-init, trained end to end")
+    net.meta["whitening"]["init_shrinkage"] = shrinkage
 
 
 R = RankOptions()
@@ -70,8 +81,12 @@ R = RankOptions()
 def train_rank(data: LabelledImages, model: str, cfg: TrainConfig, weights: str = "imagenet",
                loss: str = R.loss, margin: float | None = R.margin, negatives: int = R.negatives,
                pool_size: int = R.pool_size, queries: int = R.queries, proj: int | None = R.proj,
-               learn_p: bool = R.learn_p, multires: tuple[float, ...] = R.multires) -> Path:
-    """Finetune `model` for ranking on `data`; returns the path of the last checkpoint."""
+               learn_p: bool = R.learn_p, multires: tuple[float, ...] = R.multires,
+               proj_init: str = R.proj_init, proj_shrinkage: float | None = R.proj_shrinkage) -> Path:
+    """Finetune `model` for ranking on `data`; returns the path of the last checkpoint. With `proj`,
+    an FC projection to `proj` dimensions follows pooling, initialised by `proj_init` (init_projection)."""
+    if proj_init not in PROJ_INITS:
+        raise DeepretError(f"--proj-init {proj_init!r}: use {' or '.join(PROJ_INITS)}")
     if loss not in LOSSES:
         raise DeepretError(f"--loss {loss!r}: use {' or '.join(LOSSES)}")
     margin = DEFAULT_MARGINS[loss] if margin is None else margin
@@ -91,7 +106,7 @@ def train_rank(data: LabelledImages, model: str, cfg: TrainConfig, weights: str 
         w = previous["meta"]["whitening"]
         net.set_whitening(torch.zeros(w["dim_out"], w["dim_in"]), torch.zeros(w["dim_out"]), w["method"])
     elif proj:
-        init_projection(net, data, proj, cfg, device, run.precision)
+        init_projection(net, data, proj, cfg, device, run.precision, proj_init, proj_shrinkage)
     new = [*(net.whiten.parameters() if net.whiten is not None else []),
            *([net.pool.p] if isinstance(getattr(net.pool, "p", None), nn.Parameter) else [])]
     new_ids = {id(p) for p in new}
