@@ -112,6 +112,9 @@ def test_bad_config_is_one_clear_error(tmp_path):
         load_config(path)
     with pytest.raises(DeepretError, match="unknown study step"):
         StudyConfig(steps=("1z",))
+    with pytest.raises(DeepretError, match="engine 'tensorrt'"):
+        load_config(None, engine="tensorrt")
+    assert load_config(None, engine="torch").engine == "torch" and StudyConfig().engine == "auto"
 
 
 def test_backbone_without_fc7_uses_its_pooled_features_and_says_so():

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from deepret.errors import DeepretError
-from deepret.precision import parse_precision
+from deepret.precision import parse_engine, parse_precision
 from deepret.study.steps import ALL_STEPS
 from deepret.train.config import PROJ_INITS
 
@@ -64,6 +64,7 @@ class StudyConfig:
     workers: int | None = None
     cache_dir: Path | None = None                     # feature cache (default $DEEPRET_CACHE)
     precision: str = "auto"                           # evaluation extraction: auto, fp32, bf16, fp16
+    engine: str = "auto"                              # evaluation extraction: auto, torch, openvino (training: torch)
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -76,6 +77,7 @@ class StudyConfig:
                 setattr(self, name, _budget(value, name))
         self.scales = tuple(float(s) for s in self.scales)
         self.precision = parse_precision(self.precision)
+        self.engine = parse_engine(self.engine)
         if self.proj_init not in PROJ_INITS:
             raise DeepretError(f"study proj_init {self.proj_init!r}: use {' or '.join(PROJ_INITS)}")
         self.steps = tuple(str(s) for s in self.steps)
@@ -164,6 +166,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None)
     p.add_argument("--workers", type=nonnegative_int, default=None)
     p.add_argument("--precision", default=None, help="evaluation extraction: auto (default), fp32, bf16 or fp16")
+    p.add_argument("--engine", default=None, help="evaluation extraction: auto (default: openvino on the CPU, torch "
+                                                  "on CUDA), torch or openvino; training runs on torch")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -173,6 +177,6 @@ def config_from_args(args: argparse.Namespace) -> StudyConfig:
         args.config, dataset=args.dataset, root=args.root, train=args.train, out=args.out,
         steps=tuple(args.steps.split(",")) if args.steps else None, query=args.query, topk=args.topk,
         size=args.size, backbone=args.backbone, proj_init=args.proj_init, standins=args.standin, seed=args.seed, device=args.device,
-        workers=args.workers, precision=args.precision, progress=False if args.quiet else None,
+        workers=args.workers, precision=args.precision, engine=args.engine, progress=False if args.quiet else None,
         classify_epochs=args.epochs, rank_epochs=args.epochs, rank_queries=args.queries,
         classify_size=args.train_size, rank_size=args.train_size)

@@ -69,8 +69,8 @@ def _run_step(step: Step, cfg: StudyConfig, bench, data, choices: dict, seen: di
     if built.checkpoint is not None:
         _say(f"{step.id}: {'reused' if built.reused else 'wrote'} {built.checkpoint}")
     scales = cfg.scales if step.multiscale else (1.0,)
-    opts = RunOptions(ExtractSettings(size=cfg.size, scales=scales, precision=cfg.precision), cache_dir=cfg.cache_dir, device=cfg.device,
-                      workers=cfg.workers, progress=cfg.progress)
+    settings = ExtractSettings(size=cfg.size, scales=scales, precision=cfg.precision, engine=cfg.engine)
+    opts = RunOptions(settings, cache_dir=cfg.cache_dir, device=cfg.device, workers=cfg.workers, progress=cfg.progress)
     features, _, cached = benchmark_features(built.net, bench, opts)
     results = evaluate_features(features, bench)
     figures = _figures(step, cfg, bench, features, results, built)
