@@ -322,3 +322,22 @@ def test_deepret_warnings_are_one_line_and_others_as_python_shows_them(capsys):
     assert capsys.readouterr().err == "deepret: warning: OpenVINO cannot run x (aten::lgamma): using torch (fp32)\n"
     _show_warning(UserWarning("other"), UserWarning, "f.py", 3)
     assert "f.py:3: UserWarning: other" in capsys.readouterr().err
+
+
+def test_index_info_reads_the_catalogue_without_torch(tmp_path):
+    from deepret.extract import ExtractSettings
+    from deepret.index import build_index
+
+    (tmp_path / "photos").mkdir()
+    for photo in sorted(require_data("landmarks-mini").rglob("*.jpg"))[:2]:
+        shutil.copy(photo, tmp_path / "photos" / photo.name)
+    (tmp_path / "photos" / "clip.mov").write_bytes(b"not a photo")
+    build_index(tmp_path / "photos", tmp_path / "ix", model="efficientnet_lite0-gem",
+                settings=ExtractSettings(size=64), progress=False).close()
+    probe = ("import json, runpy, sys\nsys.argv = ['deepret', 'index', 'info', '--index', sys.argv[1], '--json']\n"
+             "try:\n    runpy.run_module('deepret', run_name='__main__')\nexcept SystemExit as exc:\n    assert not exc.code\n"
+             f"loaded = sorted({{*{HEAVY!r}}} & set(sys.modules))\nassert not loaded, loaded\n")
+    done = subprocess.run([sys.executable, "-c", probe, str(tmp_path / "ix")], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    info = json.loads(done.stdout)
+    assert info["images"] == 2 and info["not_indexed"] == {".mov": 1} and info["model"] == "efficientnet_lite0-gem"

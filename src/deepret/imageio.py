@@ -20,13 +20,15 @@ import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, NamedTuple, Union
+from typing import IO, TYPE_CHECKING, NamedTuple, Union
 
 import numpy as np
-import torch
 from PIL import Image, UnidentifiedImageError, features
 
 from deepret.errors import DeepretError
+
+if TYPE_CHECKING:
+    import torch
 
 
 def _register_formats() -> tuple[str, ...]:
@@ -310,4 +312,6 @@ def to_tensor(im: Image.Image, shape: tuple[int, int], mean: Sequence[float], st
     x /= np.float32(255.0)
     x -= np.asarray(mean, dtype=np.float32)
     x /= np.asarray(std, dtype=np.float32)
+    import torch  # here: reading headers and suffixes (deepret index info) loads no torch
+
     return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))

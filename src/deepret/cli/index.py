@@ -52,11 +52,10 @@ def cmd_update(args) -> int:
 
 
 def cmd_info(args) -> int:
-    from deepret.index import Index
+    from deepret.index.info import read_info
     from deepret.index.photos import not_indexed_line
 
-    with Index.open(args.index) as index:
-        info = index.info()
+    info = read_info(args.index)  # without the model: no torch
     info = {**info, "root": printable(info["root"]), "skipped": _shown(info["skipped"])}
     if args.json:
         print(json.dumps(info, indent=2))

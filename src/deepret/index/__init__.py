@@ -1,6 +1,11 @@
-"""Index a photo collection and search it with any image (SQLite catalogue + FAISS or Milvus vectors)."""
-from deepret.index.index import Index, SearchHit, SearchResult, build_index
-from deepret.index.photos import scan
-from deepret.index.update import UpdateReport
+"""Index a photo collection and search it with any image (SQLite catalogue + FAISS or Milvus vectors).
 
-__all__ = ["Index", "SearchHit", "SearchResult", "UpdateReport", "build_index", "scan"]
+Names are imported from their modules on first use (deepret.lazy), so `deepret index info` reads a
+catalogue without loading torch."""
+from deepret.lazy import lazy_exports
+
+__getattr__, __dir__, __all__ = lazy_exports(__name__, {
+    "deepret.index.index": ("Index", "SearchHit", "SearchResult", "build_index"),
+    "deepret.index.photos": ("scan",),
+    "deepret.index.update": ("UpdateReport",),
+})

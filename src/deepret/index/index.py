@@ -24,9 +24,9 @@ from deepret.errors import DeepretError
 from deepret.extract import ExtractSettings, extract
 from deepret.index.backends import open_backend
 from deepret.index.build import ExtractJob, build_folder
-from deepret.index.catalogue import Catalogue
 from deepret.index.checks import fault_point
 from deepret.index.identity import stored_settings
+from deepret.index.info import describe, open_catalogue
 from deepret.index.lock import writer_lock
 from deepret.index.reranking import IndexReranking
 from deepret.index.update import UpdateReport, find_changes
@@ -75,21 +75,8 @@ class Index:
 
     def __init__(self, index_dir: str | Path, device: str | None = None, precision: str = "auto",
                  engine: str = "auto") -> None:
-        self.catalogue = Catalogue(index_dir)
+        self.catalogue, self.meta = open_catalogue(index_dir)
         self.lock = threading.RLock()
-        try:
-            problems = self.catalogue.quick_check()
-            if problems:
-                raise self.catalogue.damaged(problems[0])
-            with self.catalogue.guard():
-                self.meta = self.catalogue.all_meta()
-        except BaseException:
-            self.catalogue.close()
-            raise
-        if self.meta.get("state") != "ready":
-            self.catalogue.close()
-            raise DeepretError(f"the build of index {index_dir} has not finished: run the same `deepret index "
-                               "build` again to resume it")
         self.root = Path(self.meta["root"])
         self.device, self.precision, self.engine = device, parse_precision(precision), parse_engine(engine)
         self.settings = stored_settings(self.meta["settings"])
@@ -308,12 +295,7 @@ class Index:
     def info(self) -> dict:
         with self.lock, self.catalogue.guard():
             self.refresh()
-            m = self.meta
-            return {"root": str(self.root), "images": len(self), "skipped": self.catalogue.skipped(),
-                    "not_indexed": m.get("not_indexed"),  # {suffix: count}; None: counted by no build yet
-                    "model": m["model"], "model_name": m["model_name"], "fingerprint": m["fingerprint"],
-                    "settings": m["settings"], "dim": m["dim"], "factory": m["factory"], "backend": m["backend"],
-                    "uri": m.get("uri"), "bytes_per_vector": self.backend.bytes_per_vector()}
+            return describe(self.catalogue, self.meta, self.backend)
 
     def __len__(self) -> int:
         with self.lock, self.catalogue.guard():
