@@ -45,7 +45,7 @@ def read_info(index_dir: str | Path) -> dict[str, Any]:
         backend = open_backend(catalogue)
         try:
             with catalogue.guard():
-                return describe(catalogue, catalogue.all_meta(), backend)
+                return describe(catalogue, meta, backend)
         finally:
             backend.close()
     finally:
