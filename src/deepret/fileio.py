@@ -155,3 +155,13 @@ def os_error_message(exc: OSError) -> str:
     names = " -> ".join(printable(n) for n in (exc.filename, exc.filename2) if n is not None)
     what = _OS_HINTS.get(exc.errno) or (exc.strerror or str(exc) or exc.__class__.__name__)
     return f"{names}: {what}" if names else what
+
+
+def sha256_file(path: str | Path, limit: int | None = None) -> str:
+    """Hex sha256 of a file, or of its first `limit` bytes."""
+    import hashlib
+
+    with open(path, "rb") as f:
+        if limit is not None:
+            return hashlib.sha256(f.read(limit)).hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()

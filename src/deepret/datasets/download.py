@@ -15,9 +15,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from deepret.errors import DeepretError
+from deepret.fileio import sha256_file
 
 from .archive import extract_images, extracted_names, link_images, write_marker
-from .fetch import fetch, sha256_file
+from .fetch import fetch
 from .revisitop import load_benchmark
 from .sources import BUILTIN_DATASETS, KNOWN_SHA256, DatasetSource
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import os
 import urllib.error
@@ -12,18 +11,10 @@ from pathlib import Path
 from tqdm import tqdm
 
 from deepret.errors import DeepretError
+from deepret.fileio import sha256_file
 
 CHUNK = 1 << 20
 TIMEOUT_S = 60
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(CHUNK), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def fetch(url: str, dest: Path, sha256: str | None = None, progress: bool = True) -> None:

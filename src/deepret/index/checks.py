@@ -9,13 +9,13 @@ verify` hashes everything (deepret.index.integrity).
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import signal
 import zlib
 from pathlib import Path
 
 from deepret.errors import DeepretError
+from deepret.fileio import sha256_file
 
 HEAD = 4096  # bytes of a file's beginning checked on every open
 FAULT_ENV = "DEEPRET_FAULT"
@@ -35,13 +35,6 @@ def repair_hint(index_dir: Path) -> str:
 def vector_crc(blob: bytes) -> int:
     """The checksum stored with each raw descriptor in the catalogue."""
     return zlib.crc32(blob)
-
-
-def sha256_file(path: Path, limit: int | None = None) -> str:
-    with open(path, "rb") as f:
-        if limit is not None:
-            return hashlib.sha256(f.read(limit)).hexdigest()
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _stamp(st: os.stat_result) -> list[int]:
