@@ -132,3 +132,24 @@ def test_resolved_settings_name_the_engine_and_the_calibration(lite0):
     assert "calibration_id" in int8.to_dict()  # part of the feature cache key
     with pytest.raises(DeepretError, match="int8 needs calibration"):
         resolve_settings(lite0, ExtractSettings(precision="int8"), "cpu")
+
+
+def test_calibration_sample_lists_any_file_name_and_reads_it_back(tmp_path):
+    import os
+
+    from PIL import Image
+
+    from deepret.engines.calibration import calibration_photos, write_calibration_sample
+
+    root = tmp_path / "photos"
+    root.mkdir()
+    odd = os.fsdecode(b"caf\xe9.jpg")  # Latin-1 bytes: not UTF-8
+    names = [odd, "plain.jpg", "two\nlines.jpg"]
+    for name in names:
+        Image.new("RGB", (8, 8)).save(os.fsencode(root / name), "JPEG")
+    listed = write_calibration_sample(tmp_path / "calibration.txt", root, names)
+    photos = calibration_photos(listed)
+    assert sorted(p.name for p in photos) == sorted([odd, "plain.jpg"])  # a name with a line break left out
+    assert all(p.is_file() for p in photos)  # each line names the very file, its bytes as on disk
+    (tmp_path / "crlf.txt").write_bytes(b"photos/plain.jpg\r\n\r\n")
+    assert [p.name for p in calibration_photos(tmp_path / "crlf.txt")] == ["plain.jpg"]

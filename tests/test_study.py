@@ -44,6 +44,10 @@ def test_shipped_configs_load():
     assert (gpu.network_for("alexnet"), gpu.network_for("resnet50"), gpu.backbone) == ("alexnet", "resnet50", None)
     assert gpu.rank.epochs > offline.rank.epochs and gpu.classify.batch_size > offline.classify.batch_size
     assert gpu.train == Path("data/landmarks")  # the GPU study keeps its own training set
+    # the settings the offline sweep's reasoning fixes are spelled out in the file, not inherited silently
+    text = (repo / "study-gpu.yaml").read_text()
+    assert "margin: 1.5" in text and "proj_init: lw" in text and "freeze: 0" in text
+    assert (gpu.rank.margin, gpu.proj_init, gpu.classify.freeze) == (1.5, "lw", 0)
 
 
 def test_the_study_refuses_to_evaluate_on_the_photos_it_trains_on(tmp_path, capsys):

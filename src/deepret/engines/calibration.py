@@ -1,6 +1,7 @@
 """int8 calibration inputs built with deepret's own preprocessing (decode, resize, normalise)."""
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -16,8 +17,7 @@ def calibration_photos(source: str | Path) -> list[Path]:
     list's folder or absolute: e.g. an index's sample of its collection) or the one photo `source` names."""
     source = Path(source)
     if source.is_file() and source.suffix.lower() == ".txt":
-        photos = [source.parent / line for line in source.read_text(encoding="utf-8", errors="surrogateescape").splitlines()
-                  if line.strip()]
+        photos = [source.parent / os.fsdecode(line) for line in source.read_bytes().splitlines() if line.strip()]
         if not photos:
             raise DeepretError(f"calibration list {source} names no photos: list photos that are not evaluated")
         return photos
@@ -52,14 +52,16 @@ def calibration_tensors(net: RetrievalNet, items: Sequence[str | Path | torch.Te
 
 def write_calibration_sample(list_path: Path, root: Path, photos: Sequence[str], n: int = 64) -> Path:
     """Write (once: kept if it exists) a `.txt` list of `n` of `photos` (paths relative to `root`),
-    evenly spaced over their sorted order so that every part of a collection is sampled."""
-    from deepret.fileio import atomic_write_text
+    evenly spaced over their sorted order so that every part of a collection is sampled. Names are
+    written as the file system's bytes (a name that is not UTF-8 reads back as the same file); a name
+    holding a line break cannot be listed and is left out of the sample."""
+    from deepret.fileio import atomic_write_bytes
 
     if not list_path.is_file():
-        photos = sorted(photos)
+        photos = sorted(p for p in photos if "\n" not in p and "\r" not in p)
         step = max(len(photos) / n, 1.0)
         chosen = [photos[int(i * step)] for i in range(min(n, len(photos)))]
         if not chosen:
             raise DeepretError(f"no photos under {root} to calibrate int8 on: add photos or give --calibration")
-        atomic_write_text(list_path, "".join(f"{root / p}\n" for p in chosen))
+        atomic_write_bytes(list_path, b"".join(os.fsencode(root / p) + b"\n" for p in chosen))
     return list_path
