@@ -49,6 +49,26 @@ def test_openvino_matches_torch_with_learned_p_and_whitening(name, tmp_path):
     assert got.shape == (2, 64) and _cos(ref, got) >= 0.9999
 
 
+def test_a_recurring_shape_gets_its_own_fixed_shape_model(monkeypatch, tmp_path):
+    torch.manual_seed(0)
+    net = create_model("resnet18-gem", weights="random")
+    monkeypatch.setattr(OV, "STATIC_AFTER", 3)
+    monkeypatch.setattr(OV, "_STATIC", {})
+    monkeypatch.setattr(OV, "_SEEN", {})
+    engine = compile_network(net, "openvino", "fp32", "cpu", cache_dir=tmp_path)
+    x = torch.rand(2, 3, 96, 128) * 2 - 1
+    with torch.no_grad():
+        ref = net(x)
+    first = engine(x)  # 2 images seen: the dynamic model
+    assert not OV._STATIC and _cos(ref, first) >= 0.9999
+    second = engine(x)  # 4 >= 3: compiled for (1, 3, 96, 128)
+    (key, request), = OV._STATIC.items()
+    assert key[-2:] == (96, 128) and list(request.get_compiled_model().input(0).get_shape()) == [1, 3, 96, 128]
+    assert _cos(ref, second) >= 0.9999 and _cos(first, second) >= 0.99999
+    other = engine(torch.rand(1, 3, 64, 96))  # another shape, seen once: dynamic again
+    assert other.shape == (1, net.dim) and len(OV._STATIC) == 1
+
+
 def test_converted_model_is_cached_and_read_back(tmp_path):
     torch.manual_seed(0)
     net = create_model("resnet18-gem", weights="random")

@@ -1,6 +1,10 @@
 """The OpenVINO engine (CPU): the trunk converted to OpenVINO, the head (pooling, whitening, L2
 normalisation) run by torch in float32 after it, so GeM's power never leaves fp32.
 
+Images go through one at a time (on the CPU a whole batch's activations leave the caches), and an
+image shape seen STATIC_AFTER times in the process gets a model compiled for that fixed shape
+(OpenVINO's dynamic-shape kernels are slower): measured in docs/benchmarks.md.
+
 The converted trunk (dynamic batch, height and width; fc7 nets at their fixed input) is kept under
 `<cache>/engines/` keyed by the network's fingerprint, the OpenVINO version, the weights' precision
 (fp32, or int8 with the calibration set's digest), written atomically (a folder renamed into
@@ -24,10 +28,15 @@ from deepret.engines.calibration import calibration_tensors
 from deepret.errors import DeepretError
 from deepret.fileio import fsync_dir
 from deepret.models import RetrievalNet, l2n, model_fingerprint
+from deepret.precision import cpu_flags
 
 OV_HINTS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16", "int8": "f32"}  # int8: its unquantized ops in f32
 COMPILED_KEPT = 4  # compiled models this process keeps (oldest dropped first)
+STATIC_AFTER = 32  # images of one shape after which it gets its own fixed-shape model (compiling: ~0.3 s)
+STATIC_KEPT = 8  # fixed-shape models this process keeps (oldest dropped first)
 _COMPILED: dict = {}
+_STATIC: dict = {}  # (model path, config, H, W) -> infer request of the model compiled for (1, 3, H, W)
+_SEEN: dict = {}  # (model path, config, H, W) -> images of that shape run so far
 CONVERSIONS = {"count": 0}  # conversions done by this process (a cached model is read, not converted)
 
 
@@ -68,6 +77,7 @@ class OpenVINOEngine:
                     digest.update(str(tuple(x.shape)).encode())
                     digest.update(x.numpy().tobytes())
                 weights = f"int8-{digest.hexdigest()[:16]}"
+            weights += f"-{overflow_fix()}"  # the quantized weights depend on it
         key = hashlib.sha1(f"{model_fingerprint(net)}|{ov.__version__}|{weights}|trunk-v1".encode()).hexdigest()[:20]
         self.path = engines_dir(cache_dir) / f"{net.meta.get('name', 'net').replace('/', '_')}-{key}" / "trunk.xml"
         self.from_cache = self.path.is_file()
@@ -77,23 +87,41 @@ class OpenVINOEngine:
             _save_atomically(self._convert(calib), self.path)
         config = {"INFERENCE_PRECISION_HINT": OV_HINTS[precision], "INFERENCE_NUM_THREADS": torch.get_num_threads(),
                   "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY"}
-        memo = (str(self.path), *config.values())
-        if memo not in _COMPILED:  # compiled once per process (extract() compiles at every call)
-            core = ov.Core()
-            try:
-                compiled = core.compile_model(core.read_model(self.path), "CPU", config)
-            except Exception as exc:  # OpenVINO raises plain RuntimeErrors
-                raise ConversionError(f"compiling failed: {_first_line(exc)}") from exc
-            while len(_COMPILED) >= COMPILED_KEPT:
-                _COMPILED.pop(next(iter(_COMPILED)))
-            _COMPILED[memo] = compiled
-        self.compiled = _COMPILED[memo]
+        self.config, self.memo = config, (str(self.path), *config.values())
+        if self.memo not in _COMPILED:  # compiled once per process (extract() compiles at every call)
+            _keep(_COMPILED, self.memo, self._compile(), COMPILED_KEPT)
+        self.compiled = _COMPILED[self.memo]
         reported = self.compiled.get_property("INFERENCE_PRECISION_HINT")
         self.inference_precision = next((h for h in OV_HINTS.values() if getattr(ov.Type, h) == reported), str(reported))
         if self.inference_precision != OV_HINTS[precision]:  # never another precision silently
             raise DeepretError(f"precision {precision}: this CPU runs OpenVINO in {self.inference_precision} "
                                "instead: use fp32")
         self.request = self.compiled.create_infer_request()
+
+    def _compile(self, shape: list[int] | None = None):
+        """The saved trunk compiled for the CPU, reshaped to the fixed input `shape` when given."""
+        import openvino as ov
+
+        core = ov.Core()
+        try:
+            model = core.read_model(self.path)
+            if shape is not None:
+                model.reshape(shape)
+            return core.compile_model(model, "CPU", self.config)
+        except Exception as exc:  # OpenVINO raises plain RuntimeErrors
+            raise ConversionError(f"compiling failed: {_first_line(exc)}") from exc
+
+    def _request_for(self, hw: tuple[int, int], images: int):
+        """The infer request for `images` more images of shape `hw`: the fixed-shape model's once
+        the shape has come STATIC_AFTER times (nets without a fixed input only), else the dynamic one's."""
+        key = (*self.memo, *hw)
+        if key in _STATIC:
+            return _STATIC[key]
+        _SEEN[key] = _SEEN.get(key, 0) + images
+        if self.net.input_size or _SEEN[key] < STATIC_AFTER:
+            return self.request
+        _keep(_STATIC, key, self._compile([1, 3, *hw]).create_infer_request(), STATIC_KEPT)
+        return _STATIC[key]
 
     def _convert(self, calib: list[torch.Tensor] | None):
         import openvino as ov
@@ -110,16 +138,37 @@ class OpenVINOEngine:
             raise ConversionError(_conversion_reason(exc)) from exc
         if calib is not None:
             import nncf
+            from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
 
-            model = nncf.quantize(model, nncf.Dataset([x.numpy() for x in calib]), subset_size=len(calib))
+            advanced = AdvancedQuantizationParameters(overflow_fix=OverflowFix(overflow_fix()))
+            model = nncf.quantize(model, nncf.Dataset([x.numpy() for x in calib]), subset_size=len(calib),
+                                  advanced_parameters=advanced)
         return model
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.request.infer([np.ascontiguousarray(x.detach().cpu().numpy())], share_inputs=True)
-        features = torch.from_numpy(np.array(out[0], dtype=np.float32, copy=True))
+        batch = np.ascontiguousarray(x.detach().cpu().numpy())
+        request = self._request_for(batch.shape[2:], len(batch))
+        maps = [np.array(request.infer([batch[i:i + 1]], share_inputs=True)[0], dtype=np.float32, copy=True)
+                for i in range(len(batch))]  # one image at a time: faster than the batch at once
+        features = torch.from_numpy(np.concatenate(maps))
         v = l2n(self.net.pool_map(features))
         return l2n(self.net.whiten(v)) if self.net.whiten is not None else v
+
+
+def overflow_fix() -> str:
+    """NNCF's overflow fix for this CPU: without VNNI/AMX int8 products go through 16-bit sums
+    that saturate, so every layer's weights get 7 bits ("enable"; Lite0's worst cosine to fp32 on an
+    AVX2 EPYC 0.939 -> 0.954); with them only the first layer's ("first_layer_only", NNCF's default)."""
+    vnni = {"avx512_vnni", "avx_vnni", "amx_int8"} & cpu_flags()
+    return "first_layer_only" if vnni else "enable"
+
+
+def _keep(memo: dict, key, value, kept: int) -> None:
+    """memo[key] = value, dropping the oldest entries beyond `kept`."""
+    while len(memo) >= kept:
+        memo.pop(next(iter(memo)))
+    memo[key] = value
 
 
 def _save_atomically(model, path: Path) -> None:
