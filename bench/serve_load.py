@@ -64,13 +64,14 @@ def queries() -> list[tuple[str, bytes, str]]:
 
 
 class Server:
-    def __init__(self, index: Path, uploads: bool, log: Path) -> None:
+    def __init__(self, index: Path, uploads: bool, log: Path, engine: str = "auto") -> None:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
-        cmd = [sys.executable, "-m", "deepret", "serve", "--index", str(index), "--port", str(self.port)]
+        cmd = [sys.executable, "-m", "deepret", "serve", "--index", str(index), "--port", str(self.port),
+               "--engine", engine]
         self.proc = subprocess.Popen(cmd + (["--allow-uploads"] if uploads else []), env=env,
                                      stdout=log.open("wb"), stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 300
@@ -154,13 +155,14 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3, help="single/concurrent pairs, interleaved (default 3)")
     ap.add_argument("--uploads", action="store_true", help="upload landmarks-mini photos during concurrent phases")
     ap.add_argument("--size", type=int, default=256)
+    ap.add_argument("--engine", default="auto", help="the server's engine (auto: OpenVINO on the CPU; torch)")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="deepret-serve-load-") as tmp:
         work = Path(tmp)
         index = build(work, args.size)
-        server = Server(index, args.uploads, work / "server.log")
+        server = Server(index, args.uploads, work / "server.log", args.engine)
         try:
             qs = queries()
             extra = sorted((DATA / "landmarks-mini").rglob("*.jpg"))

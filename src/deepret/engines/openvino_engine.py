@@ -17,6 +17,7 @@ import hashlib
 import os
 import shutil
 import tempfile
+import threading
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -35,8 +36,9 @@ COMPILED_KEPT = 4  # compiled models this process keeps (oldest dropped first)
 STATIC_AFTER = 32  # images of one shape after which it gets its own fixed-shape model (compiling: ~0.3 s)
 STATIC_KEPT = 8  # fixed-shape models this process keeps (oldest dropped first)
 _COMPILED: dict = {}
-_STATIC: dict = {}  # (model path, config, H, W) -> infer request of the model compiled for (1, 3, H, W)
+_STATIC: dict = {}  # (model path, config, H, W) -> the model compiled for (1, 3, H, W)
 _SEEN: dict = {}  # (model path, config, H, W) -> images of that shape run so far
+_STATIC_LOCK = threading.Lock()
 CONVERSIONS = {"count": 0}  # conversions done by this process (a cached model is read, not converted)
 
 
@@ -97,6 +99,7 @@ class OpenVINOEngine:
             raise DeepretError(f"precision {precision}: this CPU runs OpenVINO in {self.inference_precision} "
                                "instead: use fp32")
         self.request = self.compiled.create_infer_request()
+        self.requests: dict = {}  # this engine's infer requests of fixed-shape models
 
     def _compile(self, shape: list[int] | None = None):
         """The saved trunk compiled for the CPU, reshaped to the fixed input `shape` when given."""
@@ -115,13 +118,19 @@ class OpenVINOEngine:
         """The infer request for `images` more images of shape `hw`: the fixed-shape model's once
         the shape has come STATIC_AFTER times (nets without a fixed input only), else the dynamic one's."""
         key = (*self.memo, *hw)
-        if key in _STATIC:
-            return _STATIC[key]
-        _SEEN[key] = _SEEN.get(key, 0) + images
-        if self.net.input_size or _SEEN[key] < STATIC_AFTER:
-            return self.request
-        _keep(_STATIC, key, self._compile([1, 3, *hw]).create_infer_request(), STATIC_KEPT)
-        return _STATIC[key]
+        if key in self.requests:
+            return self.requests[key]
+        with _STATIC_LOCK:
+            compiled = _STATIC.get(key)
+            if compiled is None:
+                _SEEN[key] = _SEEN.get(key, 0) + images
+                if self.net.input_size or _SEEN[key] < STATIC_AFTER:
+                    return self.request
+                compiled = self._compile([1, 3, *hw])
+                _keep(_STATIC, key, compiled, STATIC_KEPT)
+        # a compiled model serves many threads, an infer request one: each engine has its own
+        self.requests[key] = compiled.create_infer_request()
+        return self.requests[key]
 
     def _convert(self, calib: list[torch.Tensor] | None):
         import openvino as ov

@@ -50,7 +50,7 @@ class StudyConfig:
     resnet50: str = "resnet50"
     backbone: str | None = None                       # stands in for all three when set
     standins: dict[str, str] = field(default_factory=lambda: dict(STANDINS))  # role -> backbone without weights
-    classify: Budget = field(default_factory=lambda: Budget(epochs=1, queries=0, size=224, lr=1e-4, batch_size=8))
+    classify: Budget = field(default_factory=lambda: Budget(epochs=3, queries=0, size=224, lr=1e-4, batch_size=8))
     rank: Budget = field(default_factory=lambda: Budget(epochs=2, queries=20, size=192, lr=2e-5, batch_size=4,
                                                         margin=1.5))
     negatives: int = 3
