@@ -34,8 +34,15 @@ def test_reranked_search_equals_the_reranker_on_the_stored_descriptors(small_ind
         q = x[3]
         expect_scores, expect_rows = parse_rerank(spec).rerank(x, q[None], 8)
         result = index.search_vector(q, k=5, offset=2, rerank=spec)
-        assert [h.id for h in result.hits] == [int(ids[r]) for r in expect_rows[0][2:7]]
         assert np.allclose([h.score for h in result.hits], expect_scores[0][2:7], atol=1e-5)
+        # the same ids in the same order, up to the order within exact ties (DBA averages two
+        # mutual neighbours into one vector: both then score the same)
+        expected = {int(ids[r]): float(sc) for r, sc in zip(expect_rows[0], expect_scores[0])}
+        got = [h.id for h in result.hits]
+        assert len(set(got)) == 5 and all(abs(expected.get(h.id, -9.0) - h.score) < 1e-5 for h in result.hits)
+        untied = [int(ids[r]) for r, sc in zip(expect_rows[0][2:7], expect_scores[0][2:7])
+                  if np.sum(np.abs(expect_scores[0] - sc) < 1e-5) == 1]
+        assert [i for i in got if i in untied] == untied
         assert set(result.timings) == {"rerank"}
         plain = index.search_vector(q, k=5, offset=2)
         assert len(plain.hits) == 5
