@@ -303,8 +303,8 @@ def target_shape(w: int, h: int, longest: int, round_to: int = 1) -> tuple[int, 
 def to_tensor(im: Image.Image, shape: tuple[int, int], mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
     """Resize (bilinear, antialiased) to `shape` = (H, W) and normalise to a (3, H, W) float tensor.
 
-    In numpy, as one multiply-add per channel straight from the uint8 pixels (5x faster than four
-    float passes): it runs in the decoding thread beside the forward pass, where a torch op would
+    In numpy, as one multiply-add per channel straight from the uint8 pixels (2-2.5x faster than
+    four float passes, bench/decode_cost.py): it runs in the decoding thread beside the forward pass, where a torch op would
     start a second OpenMP team on the cores the forward pass is using."""
     h, w = shape
     if im.size != (w, h):

@@ -117,6 +117,8 @@ class OpenVINOEngine:
     def _request_for(self, hw: tuple[int, int], images: int):
         """The infer request for `images` more images of shape `hw`: the fixed-shape model's once
         the shape has come STATIC_AFTER times (nets without a fixed input only), else the dynamic one's."""
+        if self.net.input_size:  # fc7 nets: the converted model is already of their one shape
+            return self.request
         key = (*self.memo, *hw)
         if key in self.requests:
             return self.requests[key]
@@ -124,7 +126,7 @@ class OpenVINOEngine:
             compiled = _STATIC.get(key)
             if compiled is None:
                 _SEEN[key] = _SEEN.get(key, 0) + images
-                if self.net.input_size or _SEEN[key] < STATIC_AFTER:
+                if _SEEN[key] < STATIC_AFTER:
                     return self.request
                 compiled = self._compile([1, 3, *hw])
                 _keep(_STATIC, key, compiled, STATIC_KEPT)
